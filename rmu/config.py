@@ -28,7 +28,7 @@ KEYS = {
     "model": {"name", "path", "revision", "dtype", "device", "trust_remote_code", "arch"},
     "data": {"forget", "retain", "min_chars", "padding_side"},
     "rmu": {"layer_id", "update_layers", "update_params", "steering_coeff", "auto_beta", "alpha", "mask_padding"},
-    "optim": {"lr", "weight_decay", "eps", "betas"},
+    "optim": {"lr", "weight_decay", "eps", "betas", "master_weights"},
     "trainer": {"max_steps", "batch_size", "progress"},
     "eval": {"sets", "batch_size"},
     "eval_set": {"name", "path", "role"},
@@ -205,6 +205,9 @@ def check_values(cfg: DictConfig) -> dict:
     betas = _plain(o.betas)
     if not (isinstance(betas, list) and len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
         fail("optim.betas", betas, "must be two numbers in [0, 1)")
+    if not _bool("optim.master_weights", o.master_weights) and cfg.model.dtype == "float16":
+        fail("optim.master_weights", False, "float16 needs true: AdamW's second moment underflows in float16 "
+                                            "(use model.dtype=bfloat16 to update half-precision tensors in place)")
     _int("trainer.max_steps", t.max_steps, 1)
     _int("trainer.batch_size", t.batch_size, 1)
     _bool("trainer.progress", t.progress)

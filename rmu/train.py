@@ -10,7 +10,6 @@ is what the tests call; `rmu_step` is the method itself.
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time
@@ -24,36 +23,44 @@ from rmu.checkpoint import save_run, staged_output
 from rmu.config import CONF_DIR, ConfigError, Plan, check_train
 from rmu.data import DataError, batch_texts, tokenize
 from rmu.eval import evaluate, format_table
-from rmu.hooks import layer_output
 from rmu.losses import forget_loss, mean_token_cosine, mean_token_norm, random_directions, retain_loss
 from rmu.models import load_model
+from rmu.optim import Updater
+from rmu.span import LayerSpan
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); nothing has been written."""
 
 
-def rmu_step(model, frozen, optimizer, layer_id: int, forget: dict, retain: dict, control: torch.Tensor,
+def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, control: torch.Tensor,
              alpha: float, mask_padding: bool, step: int) -> dict:
     """One RMU update on one forget batch of topic k and one retain batch.
 
         L = mean((h_ℓ^upd(x_f) − c_k·u_k)²) + α_k · mean((h_ℓ^upd(x_r) − h_ℓ^frozen(x_r))²)
 
-    h_ℓ is the output of decoder layer ℓ (the forward pass stops there); means run over
-    real tokens when `mask_padding`, over every position otherwise (the reference).
-    Only the parameters handed to `optimizer` require gradients.
+    h_ℓ is the output of decoder layer ℓ. Means run over real tokens when `mask_padding`,
+    over every position otherwise (the reference). Only the parameters handed to
+    `optimizer` require gradients.
+
+    The cost is what the loss needs (rmu/span.py): layers below the first updated one run
+    once per batch without autograd and feed both the updated and the frozen pass; nothing
+    after ℓ runs; the frozen pass uses saved copies of the updated tensors only.
     """
     forget_mask = forget["attention_mask"] if mask_padding else None
     retain_mask = retain["attention_mask"] if mask_padding else None
+    with torch.no_grad():
+        forget_in = span.prefix(forget)
+        retain_in = span.prefix(retain)
 
     # Forget: steer the updated model's activations on forget text toward the control vector.
-    h_forget = layer_output(model, layer_id, forget)  # (B, T, D)
+    h_forget = span.run(forget_in)  # (B, T, D)
     loss_forget = forget_loss(h_forget, control, forget_mask)
 
     # Retain: keep the updated model's activations on retain text where the frozen model has them.
-    h_retain = layer_output(model, layer_id, retain)  # (B, T, D)
+    h_retain = span.run(retain_in)  # (B, T, D)
     with torch.no_grad():
-        h_frozen = layer_output(frozen, layer_id, retain)
+        h_frozen = span.run(retain_in, frozen=True)
     loss_retain = retain_loss(h_retain, h_frozen, retain_mask)
 
     loss = loss_forget + alpha * loss_retain
@@ -61,14 +68,13 @@ def rmu_step(model, frozen, optimizer, layer_id: int, forget: dict, retain: dict
         raise TrainingError(f"non-finite loss at step {step}: forget={loss_forget.item():.4g} "
                             f"retain={loss_retain.item():.4g} alpha={alpha}; lower optim.lr or "
                             f"rmu.steering_coeff, or use a wider dtype. Nothing was written.")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    applied = updater.step(loss)  # backward, then AdamW (float32 master copies for bf16/fp16: rmu/optim.py)
 
     with torch.no_grad():
         return {
             "step": step,
             "loss": loss.item(),
+            "skipped": not applied,
             "forget_loss": loss_forget.item(),
             "retain_loss": loss_retain.item(),
             "forget_norm": mean_token_norm(h_forget, forget_mask).item(),
@@ -80,12 +86,12 @@ def rmu_step(model, frozen, optimizer, layer_id: int, forget: dict, retain: dict
 
 
 @torch.no_grad()
-def auto_coefficients(frozen, tokenizer, plan: Plan, cfg, device) -> list[float]:
+def auto_coefficients(span: LayerSpan, tokenizer, plan: Plan, cfg, device) -> list[float]:
     """Adaptive RMU: c_k = β × mean token norm of the frozen model at layer ℓ on topic k's first forget batch."""
     coeffs = []
     for corpus in plan.forget:
         batch = tokenize(tokenizer, batch_texts(corpus, 0, cfg.trainer.batch_size), corpus.max_length, device)
-        h = layer_output(frozen, plan.layer_id, batch)
+        h = span.run(span.prefix(batch), frozen=True)
         mask = batch["attention_mask"] if cfg.rmu.mask_padding else None
         coeffs.append(cfg.rmu.auto_beta * mean_token_norm(h, mask).item())
     return coeffs
@@ -100,20 +106,20 @@ def train(cfg: DictConfig) -> dict:
     tokenizer.padding_side = cfg.data.padding_side
     device = next(model.parameters()).device
 
-    # The frozen model is the original, never updated, never in autograd.
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
     # Only the selected tensors require gradients: backward then computes nothing else.
     model.requires_grad_(False)
     params = dict(model.named_parameters())
     updated = [params[name].requires_grad_(True) for name in plan.update_names]
-    optimizer = torch.optim.AdamW(updated, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                                  weight_decay=cfg.optim.weight_decay)
+    # The frozen model: the original values of just those tensors, kept by the span.
+    span = LayerSpan(model, plan.layer_id, plan.update_names)
+    updater = Updater(updated, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                      weight_decay=cfg.optim.weight_decay, master_weights=cfg.optim.master_weights)
     t_load = time.perf_counter()
 
     base = evaluate(model, tokenizer, plan.eval_sets, cfg.eval.batch_size)
     t_eval0 = time.perf_counter()
 
-    coeffs = plan.steering_coeff or auto_coefficients(frozen, tokenizer, plan, cfg, device)
+    coeffs = plan.steering_coeff or auto_coefficients(span, tokenizer, plan, cfg, device)
     directions = random_directions(len(plan.topics), plan.hidden_size, cfg.seed)  # (K, D)
     controls = directions * torch.tensor(coeffs).unsqueeze(1)  # (K, D), ‖control_k‖ = c_k
     controls_dev = controls.to(device=device, dtype=model.dtype)
@@ -131,7 +137,7 @@ def train(cfg: DictConfig) -> dict:
                                   forget_corpus.max_length, device)
                 retain = tokenize(tokenizer, batch_texts(retain_corpus, index, cfg.trainer.batch_size),
                                   retain_corpus.max_length, device)
-                record = rmu_step(model, frozen, optimizer, plan.layer_id, forget, retain, controls_dev[k],
+                record = rmu_step(span, updater, forget, retain, controls_dev[k],
                                   plan.alpha[k], cfg.rmu.mask_padding, step)
                 record["topic"] = plan.topics[k]
                 log.write(json.dumps(record) + "\n")

@@ -1,43 +1,50 @@
 """Invariant tests on the tiny random Llama: what must never change, what must change,
 determinism, and agreement with a straightforward implementation of the reference code."""
 
-import copy
 import json
+import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from rmu.config import check_train
 from rmu.data import batch_texts, tokenize
 from rmu.models import load_model
+from rmu.optim import Updater
+from rmu.span import LayerSpan
 from rmu.train import rmu_step, train
-from tests.conftest import make_cfg, TINY
+from tests.conftest import ROOT, make_cfg, TINY
+
+sys.path.insert(0, str(ROOT / "experiments" / "bench"))
+from reference import ReferenceRMU  # noqa: E402
 
 
 def weights(folder) -> dict[str, torch.Tensor]:
     return load_file(Path(folder) / "model.safetensors")
 
 
-def test_rmu_step_never_touches_the_frozen_model(tiny_cfg):
+def test_rmu_step_never_touches_the_frozen_values_or_other_weights(tiny_cfg):
     cfg = tiny_cfg()
     plan = check_train(cfg)
     model, tok = load_model(cfg.model, cfg.seed)
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     model.requires_grad_(False)
     params = dict(model.named_parameters())
     updated = [params[n].requires_grad_(True) for n in plan.update_names]
-    opt = torch.optim.AdamW(updated, lr=1e-2)
+    span = LayerSpan(model, plan.layer_id, plan.update_names)
+    frozen = {i: {k: v.clone() for k, v in d.items()} for i, d in span.frozen.items()}
+    updater = Updater(updated, lr=1e-2, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0, master_weights=True)
     control = torch.full((model.config.hidden_size,), 3.0)
     for step in range(3):
         forget = tokenize(tok, batch_texts(plan.forget[0], step, 2), 32, "cpu")
         retain = tokenize(tok, batch_texts(plan.retain[0], step, 2), 32, "cpu")
-        rmu_step(model, frozen, opt, plan.layer_id, forget, retain, control, 100.0, True, step)
-    for k, v in frozen.state_dict().items():
-        assert torch.equal(v, before[k]), k
-    assert any(not torch.equal(params[n], before[n]) for n in plan.update_names)
+        rmu_step(span, updater, forget, retain, control, 100.0, True, step)
+    for i, d in span.frozen.items():
+        assert all(torch.equal(v, frozen[i][k]) for k, v in d.items())
+    after = model.state_dict()
+    assert {k for k in after if not torch.equal(after[k], before[k])} == set(plan.update_names)
+    assert all(p.grad is None for n, p in model.named_parameters() if n not in plan.update_names)
 
 
 def test_only_the_selected_tensors_change(tiny_cfg, tmp_path):
@@ -77,20 +84,19 @@ def test_auto_steering_coefficient_is_beta_times_measured_norm(tiny_cfg):
 
 
 def reference_rmu(cfg, steps):
-    """The reference loop written plainly: two full models, full-depth forward with a hook,
-    every parameter left requiring grad, params picked by index into layer.parameters(),
-    unmasked MSE, transformers-style AdamW (no weight decay, eps 1e-6)."""
+    """The public code's loop (experiments/bench/reference.py) fed the way the public code
+    reads its data: consecutive batches of raw lines, left padding, fixed c per topic."""
     model, tok = load_model(cfg.model, cfg.seed)
     frozen, _ = load_model(cfg.model, cfg.seed)
     tok.padding_side = "left"
-    layer_id, layer_ids, param_ids = cfg.rmu.layer_id, list(cfg.rmu.update_layers), [6]  # 6 = mlp.down_proj.weight
-    params = [p for i in layer_ids for j, p in enumerate(model.model.layers[i].parameters()) if j in param_ids]
-    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=0.0, eps=1e-6)
     gen = torch.Generator().manual_seed(cfg.seed)
     controls = []
     for c in cfg.rmu.steering_coeff:
         r = torch.rand(1, 1, model.config.hidden_size, generator=gen)
-        controls.append(r / torch.norm(r) * c)
+        controls.append((r / torch.norm(r) * c).view(-1))
+    names = [f"model.layers.{i}.mlp.down_proj.weight" for i in cfg.rmu.update_layers]
+    ref = ReferenceRMU(model, frozen, cfg.rmu.layer_id, names, torch.stack(controls), list(cfg.rmu.alpha),
+                       cfg.optim.lr)
     bs = cfg.trainer.batch_size
 
     def read(path):
@@ -99,31 +105,13 @@ def reference_rmu(cfg, steps):
     forget = [[t[i:i + bs] for i in range(0, len(t), bs)] for t in (read(e.path) for e in cfg.data.forget)]
     retain_texts = read(cfg.data.retain[0].path)
     retain = [retain_texts[i:i + bs] for i in range(0, len(retain_texts), bs)]
-
-    def act(m, inputs):
-        cache = []
-        handle = m.model.layers[layer_id].register_forward_hook(
-            lambda mod, a, out: cache.append(out[0] if isinstance(out, tuple) else out))
-        m(**inputs)
-        handle.remove()
-        return cache[0]
-
     losses = []
     for idx in range(steps):
         k, b = idx % len(forget), idx // len(forget)
         f_in = tok(forget[k][b], return_tensors="pt", padding=True, truncation=True,
                    max_length=cfg.data.forget[k].max_length)
-        h = act(model, f_in)
-        unlearn_loss = F.mse_loss(h, controls[k].expand_as(h))
         r_in = tok(retain[b], return_tensors="pt", padding=True, truncation=True, max_length=cfg.data.retain[0].max_length)
-        with torch.no_grad():
-            frozen_act = act(frozen, r_in)
-        retain_loss = F.mse_loss(act(model, r_in), frozen_act) * cfg.rmu.alpha[k]
-        loss = unlearn_loss + retain_loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append((unlearn_loss.item(), retain_loss.item() / cfg.rmu.alpha[k]))
+        losses.append(ref.step(f_in, r_in, k))
     return losses, model.state_dict()
 
 

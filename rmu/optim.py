@@ -1,0 +1,58 @@
+"""The optimizer over the updated tensors, and what half precision needs around it.
+
+In float32 this is plain AdamW on the updated tensors. When the model runs in bfloat16
+or float16 the forward and backward stay in that dtype, but with `optim.master_weights`
+AdamW updates float32 copies of the updated tensors (they are few, so this is cheap) and
+writes them back after each step: a 5e-5 step on a weight of 0.02 is below bfloat16's
+resolution there and would otherwise round away, and AdamW's second moment (grad²)
+underflows in float16. Float16 also scales the loss before backward so small gradients
+do not flush to zero, halving the scale and skipping the step when a gradient overflows
+(the usual dynamic loss scaling).
+"""
+
+from __future__ import annotations
+
+import torch
+
+INITIAL_SCALE = 2.0 ** 16
+GROWTH_INTERVAL = 200  # steps without overflow before the float16 loss scale doubles
+
+
+class Updater:
+    def __init__(self, params: list[torch.Tensor], lr: float, betas, eps: float, weight_decay: float,
+                 master_weights: bool):
+        self.params = params
+        half = params[0].dtype in (torch.bfloat16, torch.float16)
+        self.masters = ([p.detach().float().clone().requires_grad_(True) for p in params]
+                        if half and master_weights else None)
+        self.scale = INITIAL_SCALE if params[0].dtype == torch.float16 else 1.0
+        self.good_steps = 0
+        self.optimizer = torch.optim.AdamW(self.masters or params, lr=lr, betas=tuple(betas), eps=eps,
+                                           weight_decay=weight_decay)
+
+    def step(self, loss: torch.Tensor) -> bool:
+        """Backward and one AdamW step; False when a float16 overflow skipped it."""
+        for p in self.params:
+            p.grad = None
+        if self.masters is None:  # float32, or bfloat16 updated in place (optim.master_weights=false)
+            loss.backward()
+            self.optimizer.step()
+            return True
+        (loss * self.scale).backward()
+        grads = [p.grad.float() / self.scale for p in self.params]  # unscaled, float32
+        for p in self.params:
+            p.grad = None
+        if self.scale != 1.0 and not all(torch.isfinite(g).all() for g in grads):
+            self.scale /= 2
+            self.good_steps = 0
+            return False
+        for m, g in zip(self.masters, grads):
+            m.grad = g
+        self.optimizer.step()
+        with torch.no_grad():
+            for p, m in zip(self.params, self.masters):
+                p.copy_(m)
+        self.good_steps += 1
+        if self.scale != 1.0 and self.good_steps % GROWTH_INTERVAL == 0:
+            self.scale *= 2
+        return True
