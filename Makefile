@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast clean
+.PHONY: help install demo test test-fast bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -30,6 +30,9 @@ test: install  ## the whole test suite (unit, CLI and end-to-end on the bundled 
 
 test-fast: install  ## everything except the end-to-end runs on the bundled model
 	$(PY) -m pytest -q -m "not e2e"
+
+bench:  ## time the RMU step against the reference loop on the bundled model (CPU, ~15 min)
+	$(PY) experiments/bench/bench.py
 
 clean:  ## remove .venv and outputs
 	rm -rf $(VENV) outputs
