@@ -17,13 +17,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rmu import data as data_mod
 from rmu import models
+from rmu.adapters import module_names_per_layer
 
 # From a checkout the tree is the top-level conf/; an installed wheel carries it as rmu/conf.
 _PACKAGED = Path(__file__).parent / "conf"
 CONF_DIR = str(_PACKAGED if _PACKAGED.is_dir() else Path(__file__).parent.parent / "conf")
 
 KEYS = {
-    "train": {"seed", "output_dir", "overwrite", "model", "data", "rmu", "optim", "trainer", "eval"},
+    "train": {"seed", "output_dir", "overwrite", "model", "data", "rmu", "optim", "trainer", "eval", "adapter"},
     "eval_cli": {"seed", "output_file", "model", "eval"},
     "model": {"name", "path", "revision", "dtype", "device", "trust_remote_code", "arch"},
     "data": {"forget", "retain", "min_chars", "padding_side"},
@@ -32,6 +33,7 @@ KEYS = {
     "trainer": {"max_steps", "batch_size", "progress"},
     "eval": {"sets", "batch_size"},
     "eval_set": {"name", "path", "role"},
+    "adapter": {"r", "alpha", "dropout", "target_modules", "merge"},
 }
 
 
@@ -142,6 +144,18 @@ def _check_corpus(entry, key) -> dict:
     return entry
 
 
+def check_adapter(a):
+    check_keys(a, "adapter", "adapter")
+    _int("adapter.r", a.r, 1)
+    _num("adapter.alpha", a.alpha, positive=True)
+    if not _num("adapter.dropout", a.dropout) < 1:
+        fail("adapter.dropout", a.dropout, "must be in [0, 1)")
+    targets = _plain(a.target_modules)
+    if not isinstance(targets, list) or not targets or not all(isinstance(x, str) and x for x in targets):
+        fail("adapter.target_modules", targets, "must be a non-empty list of module names, e.g. [down_proj]")
+    _bool("adapter.merge", a.merge)
+
+
 def check_output_dir(path: str, overwrite: bool):
     p = Path(path)
     if p.exists() and not p.is_dir():
@@ -208,6 +222,8 @@ def check_values(cfg: DictConfig) -> dict:
     if not _bool("optim.master_weights", o.master_weights) and cfg.model.dtype == "float16":
         fail("optim.master_weights", False, "float16 needs true: AdamW's second moment underflows in float16 "
                                             "(use model.dtype=bfloat16 to update half-precision tensors in place)")
+    if cfg.adapter is not None:
+        check_adapter(cfg.adapter)
     _int("trainer.max_steps", t.max_steps, 1)
     _int("trainer.batch_size", t.batch_size, 1)
     _bool("trainer.progress", t.progress)
@@ -243,6 +259,15 @@ def check_train(cfg: DictConfig) -> Plan:
             fail(f"rmu.update_layers[{i}]", layer, f"must be a layer index in 0..{layer_id} (at or below rmu.layer_id: "
                                                   "later layers do not affect the hooked activations)")
     names, prefix = models.parameter_layout(config)
+    if cfg.adapter is not None:  # LoRA: the weights of the target modules are what merging changes
+        targets = list(cfg.adapter.target_modules)
+        for layer in update_layers:
+            available = module_names_per_layer(names, prefix, layer)
+            missing = [t for t in targets if t not in available]
+            if missing:
+                fail("adapter.target_modules", targets, f"layer {layer} has no module {missing[0]!r}; its modules "
+                                                        f"with weights are: {', '.join(available)}")
+        patterns = [rf"re:(.*\.)?{re.escape(t)}\.weight" for t in targets]
     update_names = models.select_parameter_names(names, prefix, update_layers, patterns)
     for layer in update_layers:
         in_layer = [x for x in update_names if x.startswith(f"{prefix}.{layer}.")]

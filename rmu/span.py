@@ -32,10 +32,12 @@ class LayerSpan:
     """Decoder layers `first..layer_id` of `model`, with a frozen copy of the updated tensors.
 
     `update_names` are full parameter names (`model.layers.5.mlp.down_proj.weight`); they
-    must all lie in layers `first..layer_id`.
+    must all lie in layers `first..layer_id`. With `disable_adapter` (LoRA mode: a context
+    manager that turns the adapters off) the frozen pass is the same layers with their
+    adapters off, and nothing is copied.
     """
 
-    def __init__(self, model: nn.Module, layer_id: int, update_names: list[str]):
+    def __init__(self, model: nn.Module, layer_id: int, update_names: list[str], disable_adapter=None):
         self.model = model
         self.layers = decoder_layers(model)
         owner = {id(p): name for name, p in model.named_parameters()}
@@ -50,8 +52,9 @@ class LayerSpan:
         self.last = layer_id
         # The frozen pass: original values of the updated tensors, per layer, outside autograd.
         params = dict(model.named_parameters())
+        self.disable_adapter = disable_adapter
         self.frozen: dict[int, dict[str, torch.Tensor]] = {}
-        for name in update_names:
+        for name in update_names if disable_adapter is None else []:
             i, local = layer_of[name]
             self.frozen.setdefault(i, {})[local] = params[name].detach().clone()
         types = getattr(model.config, "layer_types", None)
@@ -91,6 +94,9 @@ class LayerSpan:
     def run(self, calls: dict[int, tuple[tuple, dict]], frozen: bool = False) -> torch.Tensor:
         """h_ℓ, shape (B, T, D), from the prefix output: current weights (differentiable), or
         with `frozen=True` the original values of the updated tensors (call under no_grad)."""
+        if frozen and self.disable_adapter is not None:
+            with self.disable_adapter():
+                return self.run(calls)
         args, kwargs = calls[self.first]
         h, rest = args[0], args[1:]
         for i in range(self.first, self.last + 1):

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from rmu.adapters import add_lora
 from rmu.checkpoint import save_run, staged_output
 from rmu.config import CONF_DIR, ConfigError, Plan, check_train
 from rmu.data import DataError, batch_texts, tokenize
@@ -106,12 +107,20 @@ def train(cfg: DictConfig) -> dict:
     tokenizer.padding_side = cfg.data.padding_side
     device = next(model.parameters()).device
 
-    # Only the selected tensors require gradients: backward then computes nothing else.
     model.requires_grad_(False)
-    params = dict(model.named_parameters())
-    updated = [params[name].requires_grad_(True) for name in plan.update_names]
-    # The frozen model: the original values of just those tensors, kept by the span.
-    span = LayerSpan(model, plan.layer_id, plan.update_names)
+    peft_model = None
+    if cfg.adapter is None:
+        # Only the selected tensors require gradients: backward then computes nothing else.
+        params = dict(model.named_parameters())
+        updated = [params[name].requires_grad_(True) for name in plan.update_names]
+        # The frozen model: the original values of just those tensors, kept by the span.
+        span = LayerSpan(model, plan.layer_id, plan.update_names)
+    else:
+        # LoRA: only the adapter tensors train; the frozen model is this one with its adapters off.
+        peft_model, model, names = add_lora(model, cfg.adapter, plan.update_layers)
+        params = dict(model.named_parameters())
+        updated = [params[name] for name in names]
+        span = LayerSpan(model, plan.layer_id, names, disable_adapter=peft_model.disable_adapter)
     updater = Updater(updated, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                       weight_decay=cfg.optim.weight_decay, master_weights=cfg.optim.master_weights)
     t_load = time.perf_counter()
@@ -123,8 +132,10 @@ def train(cfg: DictConfig) -> dict:
     directions = random_directions(len(plan.topics), plan.hidden_size, cfg.seed)  # (K, D)
     controls = directions * torch.tensor(coeffs).unsqueeze(1)  # (K, D), ‖control_k‖ = c_k
     controls_dev = controls.to(device=device, dtype=model.dtype)
+    what = (f"updating {len(plan.update_names)} tensors: {plan.update_names}" if peft_model is None else
+            f"LoRA r={cfg.adapter.r} on {list(cfg.adapter.target_modules)} of layers {plan.update_layers}")
     print(f"rmu: topics {plan.topics}, steering_coeff {[round(c, 2) for c in coeffs]}, alpha {plan.alpha}, "
-          f"hooked layer {plan.layer_id}, updating {len(plan.update_names)} tensors: {plan.update_names}")
+          f"hooked layer {plan.layer_id}, {what}")
 
     with staged_output(cfg.output_dir, cfg.overwrite) as out:
         bar = tqdm(range(cfg.trainer.max_steps), desc="rmu", disable=not cfg.trainer.progress)
@@ -160,6 +171,8 @@ def train(cfg: DictConfig) -> dict:
             "seconds": {"load": t_load - t0, "eval_before": t_eval0 - t_load, "train": t_train - t_eval0,
                         "eval_after": t_eval1 - t_train},
         }
+        if peft_model is not None:  # a plain model with the adapters merged in, or the adapter folder
+            model = peft_model.merge_and_unload() if cfg.adapter.merge else peft_model
         save_run(out, model, tokenizer, cfg, controls, plan.topics, coeffs)
         results["seconds"]["save"] = time.perf_counter() - t_eval1
         results["seconds"]["total"] = time.perf_counter() - t0

@@ -8,14 +8,8 @@ import pytest
 from tests.conftest import run_cli
 
 
-@pytest.mark.e2e
-def test_default_run_unlearns_the_forget_topics_and_keeps_general_knowledge(tmp_path):
-    out = tmp_path / "default"
-    proc = run_cli("rmu.train", f"output_dir={out}", "trainer.progress=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    print(proc.stdout)
-    results = json.loads((out / "results.json").read_text())
-    ev = results["eval"]
+def assert_unlearned(ev: dict):
+    """The README's targets: forget sets at most chance + 10 points, general keeps ≥ 90%."""
     for topic in ("chem", "astro"):
         base, after = ev[topic]["base"], ev[topic]["unlearned"]
         assert base["acc"] >= base["chance"] + 0.15, f"{topic}: the base model must know the topic first"
@@ -24,9 +18,28 @@ def test_default_run_unlearns_the_forget_topics_and_keeps_general_knowledge(tmp_
     assert general["base"]["acc"] >= general["base"]["chance"] + 0.3
     assert general["unlearned"]["acc"] >= 0.9 * general["base"]["acc"], general
 
+
+@pytest.mark.e2e
+def test_default_run_unlearns_the_forget_topics_and_keeps_general_knowledge(tmp_path):
+    out = tmp_path / "default"
+    proc = run_cli("rmu.train", f"output_dir={out}", "trainer.progress=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(proc.stdout)
+    ev = json.loads((out / "results.json").read_text())["eval"]
+    assert_unlearned(ev)
+
     # The saved checkpoint is the model that was evaluated: rmu.eval on it gives the same table.
     proc = run_cli("rmu.eval", f"model.path={out}", f"output_file={tmp_path / 'eval.json'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     reloaded = json.loads((tmp_path / "eval.json").read_text())["results"]
     for name in ("chem", "astro", "general"):
         assert reloaded[name]["acc"] == pytest.approx(ev[name]["unlearned"]["acc"], abs=1.5 / ev[name]["unlearned"]["n"])
+
+
+@pytest.mark.e2e
+def test_lora_run_meets_the_same_targets(tmp_path):
+    out = tmp_path / "lora"
+    proc = run_cli("rmu.train", "adapter=lora", f"output_dir={out}", "trainer.progress=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(proc.stdout)
+    assert_unlearned(json.loads((out / "results.json").read_text())["eval"])
