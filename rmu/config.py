@@ -24,8 +24,8 @@ _PACKAGED = Path(__file__).parent / "conf"
 CONF_DIR = str(_PACKAGED if _PACKAGED.is_dir() else Path(__file__).parent.parent / "conf")
 
 KEYS = {
-    "train": {"seed", "output_dir", "overwrite", "model", "data", "rmu", "optim", "trainer", "eval", "adapter"},
-    "eval_cli": {"seed", "output_file", "model", "eval"},
+    "train": {"seed", "output_dir", "overwrite", "model", "data", "rmu", "optim", "trainer", "eval", "harness", "adapter"},
+    "eval_cli": {"seed", "output_file", "model", "eval", "harness"},
     "model": {"name", "path", "revision", "dtype", "device", "trust_remote_code", "arch"},
     "data": {"forget", "retain", "min_chars", "padding_side"},
     "rmu": {"layer_id", "update_layers", "update_params", "steering_coeff", "auto_beta", "alpha", "mask_padding"},
@@ -33,6 +33,7 @@ KEYS = {
     "trainer": {"max_steps", "batch_size", "progress"},
     "eval": {"sets", "batch_size"},
     "eval_set": {"name", "path", "role"},
+    "harness": {"tasks", "num_fewshot", "batch_size", "limit"},
     "adapter": {"r", "alpha", "dropout", "target_modules", "merge"},
 }
 
@@ -123,6 +124,30 @@ def check_eval(e):
         check_keys(s, "eval_set", f"eval.sets[{i}]")
         if s.get("role") not in ("forget", "retain"):
             fail(f"eval.sets[{i}].role", s.get("role"), "allowed: forget, retain")
+
+
+def check_harness(h, look_up_tasks: bool = True):
+    """The harness section; with `look_up_tasks`, that lm-eval is installed and knows every
+    task (reads task YAMLs only: no data, no model)."""
+    check_keys(h, "harness", "harness")
+    tasks = _plain(h.tasks)
+    if not isinstance(tasks, list) or not all(isinstance(t, str) and t for t in tasks):
+        fail("harness.tasks", tasks, "must be a list of lm-eval task or group names, e.g. [wmdp_bio,mmlu]")
+    _int("harness.num_fewshot", h.num_fewshot, 0)
+    if h.batch_size != "auto":
+        _int("harness.batch_size", h.batch_size, 1)
+    if h.limit is not None:
+        _int("harness.limit", h.limit, 1)
+    if not tasks or not look_up_tasks:
+        return
+    try:
+        from rmu.harness import unknown_tasks
+        unknown = unknown_tasks(tasks)
+    except ImportError:
+        fail("harness.tasks", tasks, "needs lm-evaluation-harness: pip install 'rmu[eval]'")
+    if unknown:
+        fail("harness.tasks", tasks, f"lm-eval knows no task or group {unknown[0]!r} (bundled sets: rmu_chem, "
+                                     "rmu_astro, rmu_general, group rmu_bundled; lm-eval's task list has the rest)")
 
 
 def load_eval_sets(e) -> list[tuple[str, str, list[data_mod.MCQItem]]]:
@@ -228,6 +253,7 @@ def check_values(cfg: DictConfig) -> dict:
     _int("trainer.batch_size", t.batch_size, 1)
     _bool("trainer.progress", t.progress)
     check_eval(cfg.eval)
+    check_harness(cfg.harness, look_up_tasks=False)
     return dict(forget=forget_entries, retain=retain_entries, layer_id=layer_id, update_layers=update_layers,
                 patterns=patterns, steering=steering, alpha=alpha)
 
@@ -239,6 +265,7 @@ def check_train(cfg: DictConfig) -> Plan:
     forget_entries, retain_entries, layer_id = v["forget"], v["retain"], v["layer_id"]
     update_layers, patterns, n = v["update_layers"], v["patterns"], len(v["forget"])
     eval_sets = load_eval_sets(cfg.eval)
+    check_harness(cfg.harness)
     check_output_dir(cfg.output_dir, cfg.overwrite)
 
     forget = [data_mod.load_corpus(e, cfg.data.min_chars) for e in forget_entries]

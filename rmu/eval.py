@@ -3,11 +3,15 @@
 Items are scored the way lm-evaluation-harness scores zero-shot multiple choice: the
 context is ``"Question: <q>\\nAnswer:"``, each choice is the continuation ``" <choice>"``,
 and the model picks the choice with the highest summed log-probability (`acc`) or the
-highest log-probability per character of the continuation (`acc_norm`, lm-eval's length
+highest log-probability per character of the choice text (`acc_norm`, lm-eval's length
 normalisation).
 
     python -m rmu.eval                                  # the bundled model on the bundled sets
     python -m rmu.eval model.path=outputs/rmu-20261124-101500 output_file=eval.json
+    python -m rmu.eval model.path=outputs/rmu-20261124-101500 harness.tasks=[wmdp_bio,wmdp_cyber,mmlu]
+
+`harness.tasks` adds lm-evaluation-harness tasks (rmu/harness.py); `eval.sets=[]` skips
+the built-in sets.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from rmu.config import CONF_DIR, ConfigError, check_eval, check_keys, check_model, load_eval_sets
+from rmu.config import CONF_DIR, ConfigError, check_eval, check_harness, check_keys, check_model, load_eval_sets
 from rmu.data import DataError, MCQItem
 
 
@@ -88,7 +92,7 @@ def score_set(model, tokenizer, items: list[MCQItem], batch_size: int = 16) -> d
     model.train(was_training)
     correct = correct_norm = 0
     for item, s in zip(items, scores):
-        per_char = [x / len(" " + c) for x, c in zip(s, item.choices)]  # lm-eval's acc_norm
+        per_char = [x / len(c) for x, c in zip(s, item.choices)]  # lm-eval's acc_norm: per character of the choice
         correct += int(max(range(len(s)), key=s.__getitem__) == item.answer)
         correct_norm += int(max(range(len(per_char)), key=per_char.__getitem__) == item.answer)
     n = len(items)
@@ -120,16 +124,25 @@ def run(cfg: DictConfig) -> dict:
     check_keys(cfg, "eval_cli", "")
     check_model(cfg.model)
     check_eval(cfg.eval)
+    check_harness(cfg.harness)
     sets = load_eval_sets(cfg.eval)
     from rmu.models import load_model
 
     model, tokenizer = load_model(cfg.model, cfg.seed)
-    results = evaluate(model, tokenizer, sets, cfg.eval.batch_size)
     print(f"model: {cfg.model.path}")
-    print(format_table(results))
+    report = {"model": cfg.model.path, "revision": cfg.model.revision}
+    if sets:
+        report["results"] = evaluate(model, tokenizer, sets, cfg.eval.batch_size)
+        print(format_table(report["results"]))
+    if cfg.harness.tasks:
+        from rmu.harness import run_harness
+
+        harness = run_harness(model, tokenizer, cfg.harness, cfg.model.path, cfg.model.revision)
+        print(harness.pop("table"))
+        report["harness"] = harness
     if cfg.output_file:
-        Path(cfg.output_file).write_text(json.dumps({"model": cfg.model.path, "results": results}, indent=2) + "\n")
-    return results
+        Path(cfg.output_file).write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")

@@ -24,6 +24,7 @@ from rmu.checkpoint import save_run, staged_output
 from rmu.config import CONF_DIR, ConfigError, Plan, check_train
 from rmu.data import DataError, batch_texts, tokenize
 from rmu.eval import evaluate, format_table
+from rmu.harness import run_harness
 from rmu.losses import forget_loss, mean_token_cosine, mean_token_norm, random_directions, retain_loss
 from rmu.models import load_model
 from rmu.optim import Updater
@@ -126,6 +127,9 @@ def train(cfg: DictConfig) -> dict:
     t_load = time.perf_counter()
 
     base = evaluate(model, tokenizer, plan.eval_sets, cfg.eval.batch_size)
+    harness = {}
+    if cfg.harness.tasks:  # lm-evaluation-harness tasks, before and after (rmu/harness.py)
+        harness["base"] = run_harness(model, tokenizer, cfg.harness, cfg.model.path, cfg.model.revision)
     t_eval0 = time.perf_counter()
 
     coeffs = plan.steering_coeff or auto_coefficients(span, tokenizer, plan, cfg, device)
@@ -157,6 +161,8 @@ def train(cfg: DictConfig) -> dict:
         t_train = time.perf_counter()
 
         unlearned = evaluate(model, tokenizer, plan.eval_sets, cfg.eval.batch_size)
+        if cfg.harness.tasks:
+            harness["unlearned"] = run_harness(model, tokenizer, cfg.harness, str(cfg.output_dir), None)
         t_eval1 = time.perf_counter()
         results = {
             "model": cfg.model.name,
@@ -174,10 +180,17 @@ def train(cfg: DictConfig) -> dict:
         if peft_model is not None:  # a plain model with the adapters merged in, or the adapter folder
             model = peft_model.merge_and_unload() if cfg.adapter.merge else peft_model
         save_run(out, model, tokenizer, cfg, controls, plan.topics, coeffs)
+        if harness:
+            results["harness"] = {"setup": {k: v for k, v in harness["base"]["setup"].items() if k != "model_path"},
+                                  "base_model": cfg.model.path,
+                                  **{when: h["tasks"] for when, h in harness.items()}}
         results["seconds"]["save"] = time.perf_counter() - t_eval1
         results["seconds"]["total"] = time.perf_counter() - t0
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         table = format_table(results["eval"]) if plan.eval_sets else ""
+        for when, h in harness.items():
+            table += f"\n\nlm-eval, {when} model:\n{h['table']}"
+        table = table.strip()
         (out / "eval_table.txt").write_text(table + "\n")
 
     if table:

@@ -32,7 +32,7 @@ def test_batched_padded_scores_equal_one_sequence_at_a_time():
 def test_acc_takes_the_highest_sum_and_acc_norm_the_highest_per_character(monkeypatch):
     import rmu.eval
 
-    # item 1: " Au" (-1.0 / 3 chars) wins on the sum, " Copper and tin" (-3.9 / 15) per character
+    # item 1: "Au" (-1.0 / 2 chars) wins on the sum, "Copper and tin" (-3.9 / 14) per character
     # item 2: " Venus" wins both ways (wrong); item 3: " eight" wins both ways (right)
     fake = [[-1.0, -2.0, -3.0, -3.9], [-1.0, -5.0, -5.0, -5.0], [-1.0, -9.0]]
     monkeypatch.setattr(rmu.eval, "choice_logprobs", lambda *a, **k: fake)
