@@ -24,9 +24,10 @@ _PACKAGED = Path(__file__).parent / "conf"
 CONF_DIR = str(_PACKAGED if _PACKAGED.is_dir() else Path(__file__).parent.parent / "conf")
 
 KEYS = {
-    "train": {"seed", "output_dir", "overwrite", "model", "data", "rmu", "optim", "trainer", "eval", "harness", "adapter"},
+    "train": {"seed", "output_dir", "overwrite", "model", "data", "rmu", "optim", "trainer", "eval", "harness", "adapter",
+              "export"},
     "eval_cli": {"seed", "output_file", "model", "eval", "harness"},
-    "model": {"name", "path", "revision", "dtype", "device", "trust_remote_code", "arch"},
+    "model": {"name", "path", "hub_id", "revision", "dtype", "device", "trust_remote_code", "arch"},
     "data": {"forget", "retain", "min_chars", "padding_side"},
     "rmu": {"layer_id", "update_layers", "update_params", "steering_coeff", "auto_beta", "alpha", "mask_padding"},
     "optim": {"lr", "weight_decay", "eps", "betas", "master_weights"},
@@ -34,6 +35,8 @@ KEYS = {
     "eval": {"sets", "batch_size"},
     "eval_set": {"name", "path", "role"},
     "harness": {"tasks", "num_fewshot", "batch_size", "limit"},
+    "export": {"repo_id", "push", "private"},
+    "export_cli": {"checkpoint", "repo_id", "output_dir", "push", "private", "overwrite"},
     "adapter": {"r", "alpha", "dropout", "target_modules", "merge"},
 }
 
@@ -54,6 +57,14 @@ class Plan:
     alpha: list[float]
     eval_sets: list[tuple[str, str, list[data_mod.MCQItem]]]  # (name, role, items)
     hidden_size: int
+
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_repo_id(value) -> bool:
+    """<owner>/<name> as the Hub allows it (no local paths, no ./ or ../)."""
+    return isinstance(value, str) and REPO_ID.fullmatch(value) is not None and ".." not in value
 
 
 def fail(key: str, value, allowed: str):
@@ -112,6 +123,8 @@ def check_model(m):
     if m.device.startswith("cuda") and not torch.cuda.is_available():
         fail("model.device", m.device, "CUDA is not available here; use auto or cpu")
     _bool("model.trust_remote_code", m.trust_remote_code)
+    if m.hub_id is not None and not is_repo_id(m.hub_id):
+        fail("model.hub_id", m.hub_id, "must be null or a Hub id <owner>/<name>")
     if m.arch is not None and (not isinstance(m.arch, DictConfig) or "model_type" not in m.arch):
         fail("model.arch", _plain(m.arch), "must be null or a dict of config fields including model_type")
 
@@ -179,6 +192,24 @@ def check_adapter(a):
     if not isinstance(targets, list) or not targets or not all(isinstance(x, str) and x for x in targets):
         fail("adapter.target_modules", targets, "must be a non-empty list of module names, e.g. [down_proj]")
     _bool("adapter.merge", a.merge)
+
+
+def check_export_target(e, where: str):
+    """repo_id, push and private of an export (train's `export.*` or rmu.export's top level)."""
+    if where and e.repo_id is None:
+        if e.push:
+            fail(f"{where}push", True, f"needs {where}repo_id")
+        return
+    if not is_repo_id(e.repo_id):
+        fail(f"{where}repo_id", e.repo_id, "must be a Hub repo id <user or org>/<name>")
+    _bool(f"{where}push", e.push)
+    _bool(f"{where}private", e.private)
+    if e.push:
+        from huggingface_hub import get_token
+
+        if not get_token():  # from HF_TOKEN or a saved login; its value is never printed
+            fail(f"{where}push", True, "no Hugging Face token: set HF_TOKEN or run `hf auth login` "
+                                       "(or push=false to only prepare the folder)")
 
 
 def check_output_dir(path: str, overwrite: bool):
@@ -254,6 +285,8 @@ def check_values(cfg: DictConfig) -> dict:
     _bool("trainer.progress", t.progress)
     check_eval(cfg.eval)
     check_harness(cfg.harness, look_up_tasks=False)
+    check_keys(cfg.export, "export", "export")
+    check_export_target(cfg.export, "export.")
     return dict(forget=forget_entries, retain=retain_entries, layer_id=layer_id, update_layers=update_layers,
                 patterns=patterns, steering=steering, alpha=alpha)
 
@@ -267,6 +300,8 @@ def check_train(cfg: DictConfig) -> Plan:
     eval_sets = load_eval_sets(cfg.eval)
     check_harness(cfg.harness)
     check_output_dir(cfg.output_dir, cfg.overwrite)
+    if cfg.export.repo_id:
+        check_output_dir(cfg.output_dir.rstrip("/") + "-hub", cfg.overwrite)
 
     forget = [data_mod.load_corpus(e, cfg.data.min_chars) for e in forget_entries]
     retain = [data_mod.load_corpus(e, cfg.data.min_chars) for e in retain_entries]

@@ -24,6 +24,7 @@ from rmu.checkpoint import save_run, staged_output
 from rmu.config import CONF_DIR, ConfigError, Plan, check_train
 from rmu.data import DataError, batch_texts, tokenize
 from rmu.eval import evaluate, format_table
+from rmu.export import ExportError, prepare, push
 from rmu.harness import run_harness
 from rmu.losses import forget_loss, mean_token_cosine, mean_token_norm, random_directions, retain_loss
 from rmu.models import load_model
@@ -171,6 +172,7 @@ def train(cfg: DictConfig) -> dict:
             "steering_coeff": coeffs,
             "alpha": plan.alpha,
             "layer_id": plan.layer_id,
+            "update_layers": plan.update_layers,
             "updated_parameters": plan.update_names,
             "eval": {name: {"role": role, "base": base[name], "unlearned": unlearned[name]}
                      for name, role, _ in plan.eval_sets},
@@ -195,6 +197,11 @@ def train(cfg: DictConfig) -> dict:
 
     if table:
         print(table)
+    if cfg.export.repo_id:  # a Hub folder next to the run folder, and the upload if asked
+        hub = prepare(cfg.output_dir, cfg.export.repo_id, overwrite=cfg.overwrite)
+        print(f"rmu: prepared the Hub folder {hub}")
+        if cfg.export.push:
+            print(f"rmu: pushed to {push(hub, cfg.export.repo_id, cfg.export.private)}")
     s = results["seconds"]
     print(f"rmu: wrote {cfg.output_dir} in {s['total']:.1f}s (load {s['load']:.1f}s, eval {s['eval_before']:.1f}s + "
           f"{s['eval_after']:.1f}s, train {s['train']:.1f}s for {cfg.trainer.max_steps} steps, save {s['save']:.1f}s)")
@@ -205,7 +212,7 @@ def train(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
-    except (ConfigError, DataError, TrainingError, FileNotFoundError) as e:
+    except (ConfigError, DataError, TrainingError, ExportError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -38,8 +38,10 @@ def tiny_cfg(tmp_path):
     return build
 
 
-def run_cli(module: str, *overrides: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m <module> <overrides>` in a subprocess, as a user types it."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def run_cli(module: str, *overrides: str, cwd: Path | None = None, timeout: int = 600,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m <module> <overrides>` in a subprocess, as a user types it (`env`: extra variables)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd or ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)

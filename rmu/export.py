@@ -1,0 +1,212 @@
+"""`python -m rmu.export` — a Hub-ready folder from a run folder, and optionally the upload.
+
+    python -m rmu.export checkpoint=outputs/rmu-20261124-101500 repo_id=me/smollm2-rmu
+    python -m rmu.export checkpoint=outputs/rmu-20261124-101500 repo_id=me/smollm2-rmu push=true private=true
+    python -m rmu.train export.repo_id=me/smollm2-rmu        # the same at the end of training
+
+The folder (default `<checkpoint>-hub`) holds the run's files — safetensors weights (or
+the LoRA adapter folder), tokenizer, config, rmu_config.yaml, results, control vectors —
+and a model card (README.md) whose YAML metadata names the base model, the library, the
+tags `unlearning` and `rmu`, the datasets and a model-index with the evaluation results,
+and whose text states the RMU settings and the before/after table. The token comes from
+HF_TOKEN or a saved login and is never printed, logged or written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+import yaml
+from omegaconf import DictConfig
+
+from rmu.checkpoint import staged_output
+from rmu.config import CONF_DIR, ConfigError, check_export_target, check_keys, check_output_dir, fail, is_repo_id
+
+# lm-eval tasks whose data lives on the Hub: (dataset id, config) for the model-index.
+HARNESS_DATASETS = {"wmdp_bio": ("cais/wmdp", "wmdp-bio"), "wmdp_cyber": ("cais/wmdp", "wmdp-cyber"),
+                    "wmdp_chem": ("cais/wmdp", "wmdp-chem"), "mmlu": ("cais/mmlu", "all")}
+
+
+class ExportError(RuntimeError):
+    """The upload failed; the prepared folder is left as it is."""
+
+
+def _read_run(checkpoint: Path) -> tuple[dict, dict]:
+    for name in ("rmu_config.yaml", "results.json"):
+        if not (checkpoint / name).is_file():
+            fail("checkpoint", str(checkpoint), f"is not a run folder written by rmu.train (no {name})")
+    if not (checkpoint / "config.json").is_file() and not (checkpoint / "adapter_config.json").is_file():
+        fail("checkpoint", str(checkpoint), "holds neither a model (config.json) nor an adapter (adapter_config.json)")
+    return yaml.safe_load((checkpoint / "rmu_config.yaml").read_text()), json.loads((checkpoint / "results.json").read_text())
+
+
+def _eval_results(results: dict):
+    from huggingface_hub import EvalResult
+
+    rows = []
+    for name, r in results.get("eval", {}).items():
+        for metric in ("acc", "acc_norm"):
+            rows.append(EvalResult(task_type="multiple-choice", dataset_type=f"rmu-bundled/{name}",
+                                   dataset_name=f"rmu bundled {name} ({r['role']} set)", metric_type=metric,
+                                   metric_name=f"{metric} (unlearned; base {r['base'][metric]:.3f})",
+                                   metric_value=round(r["unlearned"][metric], 4)))
+    for task, metrics in results.get("harness", {}).get("unlearned", {}).items():
+        dataset, config = HARNESS_DATASETS.get(task, (f"lm-eval/{task}", None))
+        for metric in ("acc", "acc_norm"):
+            if metric in metrics:
+                rows.append(EvalResult(task_type="multiple-choice", dataset_type=dataset, dataset_config=config,
+                                       dataset_name=task, metric_type=metric, metric_value=round(metrics[metric], 4),
+                                       source_name="lm-evaluation-harness"))
+    return rows
+
+
+def _table(results: dict) -> str:
+    if not results.get("eval") and not results.get("harness"):
+        return "No evaluation was run with this training run (`eval=none`)."
+    lines = ["| set | role | items | chance | base acc | unlearned acc | base acc_norm | unlearned acc_norm |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.get("eval", {}).items():
+        b, u = r["base"], r["unlearned"]
+        lines.append(f"| {name} | {r['role']} | {b['n']} | {b['chance']:.3f} | {b['acc']:.3f} | {u['acc']:.3f} | "
+                     f"{b['acc_norm']:.3f} | {u['acc_norm']:.3f} |")
+    harness = results.get("harness")
+    if harness:
+        lines += ["", f"lm-evaluation-harness {harness['setup'].get('lm_eval_version')}, "
+                      f"{harness['setup'].get('num_fewshot')}-shot:", "",
+                  "| task | base acc | unlearned acc |", "|---|---|---|"]
+        for task, m in harness.get("unlearned", {}).items():
+            base = harness.get("base", {}).get(task, {}).get("acc")
+            lines.append(f"| {task} | {base if base is None else f'{base:.3f}'} | {m.get('acc', float('nan')):.3f} |")
+    return "\n".join(lines)
+
+
+def model_card(run_cfg: dict, results: dict, repo_id: str, adapter: bool):
+    """The README.md of the Hub folder: metadata and a text stating how the model was made."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    m, r, o, t = run_cfg["model"], run_cfg["rmu"], run_cfg["optim"], run_cfg["trainer"]
+    base_model = m.get("hub_id") or (m["path"] if is_repo_id(m["path"]) and not m.get("arch") else None)
+    origin = f"{m['name']} (randomly initialised)" if m.get("arch") else base_model or m["path"]
+    corpora = run_cfg["data"]["forget"] + run_cfg["data"]["retain"]
+    datasets = sorted({c["dataset"] for c in corpora if c.get("dataset") and is_repo_id(c["dataset"])})
+    datasets += sorted({HARNESS_DATASETS[t][0] for t in results.get("harness", {}).get("unlearned", {})
+                        if t in HARNESS_DATASETS} - set(datasets))
+    data = ModelCardData(base_model=base_model, library_name="peft" if adapter else "transformers",
+                         tags=["unlearning", "rmu", "wmdp"] + (["lora"] if adapter else []),
+                         datasets=datasets or None, model_name=repo_id.split("/")[-1],
+                         eval_results=_eval_results(results) or None)
+    adapter_cfg = run_cfg.get("adapter")
+    how = (f"LoRA adapters (r = {adapter_cfg['r']}, alpha = {adapter_cfg['alpha']}) on "
+           f"{adapter_cfg['target_modules']} of layers {results['update_layers']}"
+           if adapter_cfg else ", ".join(f"`{n}`" for n in results["updated_parameters"]))
+    load = (f'from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")'
+            if adapter else
+            f'from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained("{repo_id}")')
+    coeffs = ", ".join(f"{topic}: {c:.4g}" for topic, c in zip(results["topics"], results["steering_coeff"]))
+    text = f"""---
+{data.to_yaml()}
+---
+
+# {repo_id.split('/')[-1]}
+
+{origin} after RMU unlearning (Representation Misdirection for Unlearning,
+Li et al. 2024, "The WMDP Benchmark"), made with the `rmu` trainer, for the
+forget topics {', '.join(results['topics'])}. RMU pushes the activations of one decoder
+layer on forget-topic text toward a fixed random direction and keeps them unchanged on
+retain text; it is meant to remove the knowledge, not to refuse. Check the robustness
+of the removal before relying on it.
+
+## How it was made
+
+| setting | value |
+|---|---|
+| base model | {origin}{f' (loaded from {m["path"]})' if m['path'] != origin and not m.get('arch') else ''} |
+| hooked layer ℓ | {results['layer_id']} |
+| updated | {how} |
+| steering coefficients c | {coeffs} ({'auto: β = ' + str(r['auto_beta']) + ' × mean activation norm' if r['steering_coeff'] == 'auto' else 'fixed'}) |
+| retain weight α | {', '.join(f'{a:g}' for a in results['alpha'])} |
+| padding mask in the losses | {r['mask_padding']} |
+| optimizer | AdamW, lr {o['lr']}, weight decay {o['weight_decay']}, eps {o['eps']} |
+| steps × batch | {results['steps']} × {t['batch_size']} |
+| dtype | {m['dtype']} |
+| seed | {run_cfg['seed']} |
+| forget corpora | {', '.join(c['name'] for c in run_cfg['data']['forget'])} |
+| retain corpora | {', '.join(c['name'] for c in run_cfg['data']['retain'])} |
+
+The full configuration is `rmu_config.yaml`, the per-step losses `metrics.jsonl`, the
+control vectors `control_vectors.safetensors`.
+
+## Evaluation (before → after)
+
+{_table(results)}
+
+## Use
+
+```python
+{load}
+```
+"""
+    return ModelCard(text)
+
+
+def prepare(checkpoint: str | Path, repo_id: str, output_dir: str | Path | None = None,
+            overwrite: bool = False) -> Path:
+    """Write the Hub folder (atomically) and return its path."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        fail("checkpoint", str(checkpoint), "must be a run folder written by rmu.train")
+    target = Path(output_dir) if output_dir else checkpoint.with_name(checkpoint.name + "-hub")
+    check_output_dir(str(target), overwrite)
+    run_cfg, results = _read_run(checkpoint)
+    adapter = (checkpoint / "adapter_config.json").is_file()
+    card = model_card(run_cfg, results, repo_id, adapter)
+    with staged_output(target, overwrite) as tmp:
+        for f in sorted(checkpoint.iterdir()):
+            if f.is_file() and f.name != "README.md":  # peft writes a stub card; ours replaces it
+                shutil.copy2(f, tmp / f.name)
+        card.save(tmp / "README.md")
+    return target.absolute()
+
+
+def push(folder: Path, repo_id: str, private: bool) -> str:
+    """Upload `folder` to `repo_id`; returns the repo URL. The folder is never modified."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()  # token from HF_TOKEN or the saved login
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          commit_message="Upload RMU-unlearned model (rmu)")
+    except Exception as e:  # network, auth, permissions: say what failed, keep the folder
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"push to {repo_id} failed ({type(e).__name__}: {first}); the prepared folder is "
+                          f"intact at {folder}; upload it with `hf upload {repo_id} {folder}` once the cause is fixed") from None
+    return f"https://huggingface.co/{repo_id}"
+
+
+def run(cfg: DictConfig) -> Path:
+    check_keys(cfg, "export_cli", "")
+    if not cfg.checkpoint:
+        fail("checkpoint", cfg.checkpoint, "required: the run folder written by rmu.train")
+    check_export_target(cfg, "")
+    folder = prepare(cfg.checkpoint, cfg.repo_id, cfg.output_dir, cfg.overwrite)
+    print(f"export: prepared {folder}")
+    if cfg.push:
+        print(f"export: pushed to {push(folder, cfg.repo_id, cfg.private)}")
+    return folder
+
+
+@hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ConfigError, ExportError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
