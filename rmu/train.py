@@ -29,6 +29,7 @@ from rmu.harness import run_harness
 from rmu.losses import forget_loss, mean_token_cosine, mean_token_norm, random_directions, retain_loss
 from rmu.models import load_model
 from rmu.optim import Updater
+from rmu.report import write_report
 from rmu.span import LayerSpan
 
 
@@ -194,6 +195,7 @@ def train(cfg: DictConfig) -> dict:
             table += f"\n\nlm-eval, {when} model:\n{h['table']}"
         table = table.strip()
         (out / "eval_table.txt").write_text(table + "\n")
+        write_report(out)  # report.png (loss curves, accuracy bars) and report.md
 
     if table:
         print(table)

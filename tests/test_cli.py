@@ -19,7 +19,8 @@ def test_train_writes_a_complete_hugging_face_folder(tmp_path):
     proc = run_cli("rmu.train", *TINY, f"output_dir={out}")
     assert proc.returncode == 0, proc.stderr
     for name in ("model.safetensors", "config.json", "tokenizer.json", "rmu_config.yaml",
-                 "control_vectors.safetensors", "metrics.jsonl", "results.json", "eval_table.txt"):
+                 "control_vectors.safetensors", "metrics.jsonl", "results.json", "eval_table.txt", "report.png",
+                 "report.md"):
         assert (out / name).is_file(), name
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary folder left behind
     model = AutoModelForCausalLM.from_pretrained(out)

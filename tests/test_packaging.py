@@ -15,6 +15,8 @@ def test_wheel_carries_conf_and_corpora_and_composes_from_anywhere(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "rmu/conf/train.yaml" in names and "rmu/conf/experiment/wmdp_reference.yaml" in names
     assert "rmu/corpora/mcq_chem.jsonl" in names
+    assert "rmu/harness_tasks/_rmu_template_yaml" in names and "rmu/harness_tasks/rmu_chem.yaml" in names
+    assert "rmu/conf/export.yaml" in names and "rmu/conf/adapter/lora.yaml" in names
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
                    check=True)

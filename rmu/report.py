@@ -1,0 +1,105 @@
+"""`python -m rmu.report <run dir>` — a picture and a short summary of one training run.
+
+Writes `report.png` (forget and retain loss per step; accuracy before and after on every
+evaluation set against chance) and `report.md` into the run folder. `rmu.train` writes
+both at the end of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def plot(folder: Path, rows: list[dict], results: dict) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    evals = results.get("eval", {})
+    fig, axes = plt.subplots(1, 3 if evals else 2, figsize=(15 if evals else 10, 4.2))
+    topics = results["topics"]
+    for topic in topics:
+        mine = [r for r in rows if r["topic"] == topic]
+        axes[0].plot([r["step"] for r in mine], [r["forget_loss"] for r in mine], label=f"forget: {topic}")
+        axes[1].plot([r["step"] for r in mine], [r["retain_loss"] for r in mine], label=f"retain (on {topic} steps)")
+    axes[0].set(title="forget loss  mean((h − c·u)²)", xlabel="step", yscale="log")
+    axes[1].set(title="retain loss  mean((h − h_frozen)²), before the α weight", xlabel="step")
+    for ax in axes[:2]:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if evals:
+        ax = axes[2]
+        names = list(evals)
+        x = range(len(names))
+        base = [evals[n]["base"]["acc"] for n in names]
+        after = [evals[n]["unlearned"]["acc"] for n in names]
+        ax.bar([i - 0.2 for i in x], base, width=0.4, label="base")
+        ax.bar([i + 0.2 for i in x], after, width=0.4, label="unlearned")
+        for i, n in enumerate(names):
+            ax.hlines(evals[n]["base"]["chance"], i - 0.45, i + 0.45, colors="black", linestyles="dashed",
+                      label="chance" if i == 0 else None)
+        ax.set_xticks(list(x), [f"{n}\n({evals[n]['role']})" for n in names])
+        ax.set(title="accuracy (acc)", ylim=(0, 1))
+        ax.legend(fontsize=8)
+    fig.suptitle(f"RMU on {results['model']}: hooked layer {results['layer_id']}, {results['steps']} steps")
+    fig.tight_layout()
+    out = folder / "report.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def summary(rows: list[dict], results: dict) -> str:
+    lines = [f"# RMU run: {results['model']}", "",
+             f"- hooked layer {results['layer_id']}, updated {', '.join(results['updated_parameters'])}",
+             f"- topics {', '.join(results['topics'])}, steering coefficients "
+             f"{', '.join(f'{c:.4g}' for c in results['steering_coeff'])}, α {', '.join(f'{a:g}' for a in results['alpha'])}",
+             f"- {results['steps']} steps in {results['seconds']['train']:.1f} s"]
+    for topic in results["topics"]:
+        mine = [r for r in rows if r["topic"] == topic]
+        lines.append(f"- {topic}: forget loss {mine[0]['forget_loss']:.4g} → {mine[-1]['forget_loss']:.4g}, "
+                     f"retain loss at the end {mine[-1]['retain_loss']:.3g}, cosine of retain activations to the "
+                     f"frozen model's {mine[-1]['retain_cos_frozen']:.4f}")
+    evals = results.get("eval", {})
+    if evals:
+        lines += ["", "| set | role | chance | base acc | unlearned acc | change |", "|---|---|---|---|---|---|"]
+        for name, r in evals.items():
+            b, u = r["base"]["acc"], r["unlearned"]["acc"]
+            lines.append(f"| {name} | {r['role']} | {r['base']['chance']:.3f} | {b:.3f} | {u:.3f} | {u - b:+.3f} |")
+    lines += ["", "![losses and accuracy](report.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(folder: str | Path) -> tuple[Path, Path]:
+    folder = Path(folder)
+    for name in ("metrics.jsonl", "results.json"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} is not a run folder written by rmu.train (no {name})")
+    rows, results = _rows(folder), json.loads((folder / "results.json").read_text())
+    png = plot(folder, rows, results)
+    md = folder / "report.md"
+    md.write_text(summary(rows, results))
+    return png, md
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m rmu.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", help="a folder written by python -m rmu.train")
+    args = p.parse_args(argv)
+    try:
+        png, md = write_report(args.run_dir)
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
+    print(f"report: wrote {png} and {md}")
+
+
+if __name__ == "__main__":
+    main()
