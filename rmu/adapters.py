@@ -19,17 +19,24 @@ def add_lora(model: nn.Module, acfg, update_layers: list[int]):
     Returns (peft model, the wrapped transformers model inside it, names of the adapter
     tensors in that inner model). Only the adapter tensors require grad.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
     config = LoraConfig(r=acfg.r, lora_alpha=acfg.alpha, lora_dropout=acfg.dropout,
                         target_modules=list(acfg.target_modules), layers_to_transform=list(update_layers),
                         layers_pattern="layers", bias="none")
-    with warnings.catch_warnings():  # peft 0.21 calls a transformers API that 5.x marks deprecated
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        peft_model = get_peft_model(model, config)
+    peft_model = wrap(model, config)
     inner = peft_model.base_model.model  # the original transformers model, LoRA layers swapped in
     names = [n for n, p in inner.named_parameters() if p.requires_grad]
     return peft_model, inner, names
+
+
+def wrap(model: nn.Module, config):
+    """`peft.get_peft_model`, without the deprecation warning peft 0.21 triggers in transformers 5."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def module_names_per_layer(param_names: list[str], layers_prefix: str, layer: int) -> list[str]:

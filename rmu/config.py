@@ -37,6 +37,8 @@ KEYS = {
     "harness": {"tasks", "num_fewshot", "batch_size", "limit"},
     "export": {"repo_id", "push", "private"},
     "export_cli": {"checkpoint", "repo_id", "output_dir", "push", "private", "overwrite"},
+    "attack_cli": {"seed", "output_dir", "overwrite", "model", "base", "data", "eval", "attack"},
+    "attack": {"run", "probe", "finetune", "ablate", "heldout_relearn"},
     "adapter": {"r", "alpha", "dropout", "target_modules", "merge"},
 }
 
@@ -212,6 +214,15 @@ def check_export_target(e, where: str):
                                        "(or push=false to only prepare the folder)")
 
 
+def read_model_config(mcfg, key: str):
+    """The model's config (no weights), or a ConfigError naming `<key>.path`."""
+    try:
+        return models.read_config(mcfg)
+    except (OSError, ValueError) as e:  # no such folder / Hub id, no network, unknown architecture
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        fail(f"{key}.path", mcfg.path, f"cannot read the model's config ({first_line})")
+
+
 def check_output_dir(path: str, overwrite: bool):
     p = Path(path)
     if p.exists() and not p.is_dir():
@@ -308,11 +319,7 @@ def check_train(cfg: DictConfig) -> Plan:
     if len(retain) == 1:
         retain = retain * n
 
-    try:
-        config = models.read_config(cfg.model)
-    except (OSError, ValueError) as e:  # no such folder / Hub id, no network, unknown architecture
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        fail("model.path", cfg.model.path, f"cannot read the model's config ({first_line})")
+    config = read_model_config(cfg.model, "model")
     n_layers = config.num_hidden_layers
     if layer_id >= n_layers:
         fail("rmu.layer_id", layer_id, f"must be in 0..{n_layers - 1} (the model has {n_layers} decoder layers)")

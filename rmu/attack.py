@@ -1,0 +1,270 @@
+"""`python -m rmu.attack` — robustness checks: can the removed knowledge be recovered?
+
+    python -m rmu.attack attack=all model.path=outputs/rmu-20261124-101500     # all four, summary table
+    python -m rmu.attack attack=probe model.path=outputs/rmu-20261124-101500
+    python -m rmu.attack attack=finetune 'attack.finetune.lr=[2e-6,2e-5,4e-5]' attack.finetune.steps=[100]
+
+`model` is the unlearned model, `base` the original (default: the bundled model). Each
+attack reports, per multiple-choice set, the base accuracy, the unlearned accuracy, the
+accuracy after the attack, and gap_recovered = (attacked − unlearned) / (base − unlearned):
+0 = nothing came back, 1 = everything did. The four attacks (../shared/RMU.md,
+"Robustness protocols") live in rmu/probe.py, rmu/relearn.py and rmu/ablate.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+import yaml
+from omegaconf import DictConfig
+
+from rmu import data as data_mod
+from rmu.ablate import ablated, directions
+from rmu.checkpoint import staged_output
+from rmu.config import (CONF_DIR, ConfigError, _bool, _int, _num, _plain, check_eval, check_keys, check_model,
+                        check_output_dir, fail, load_eval_sets, read_model_config)
+from rmu.data import DataError
+from rmu.eval import evaluate
+from rmu.probe import probe_layers
+from rmu.relearn import finetune, qa_texts, split_half
+
+ATTACKS = ("probe", "finetune", "ablate", "heldout_relearn")
+SETTINGS = {"probe": {"pooling", "train_fraction", "steps", "lr", "weight_decay"},
+            "finetune": {"modes", "data", "unrelated", "examples", "lr", "steps", "batch_size", "max_length", "lora_r"},
+            "ablate": {"layers", "examples", "max_length"},
+            "heldout_relearn": {"mode", "lr", "steps", "batch_size", "max_length", "lora_r"}}
+
+
+def gap_recovered(base: float, unlearned: float, attacked: float) -> float | None:
+    return None if abs(base - unlearned) < 1e-12 else (attacked - unlearned) / (base - unlearned)
+
+
+def _list(key, v, allowed=None, kind=None) -> list:
+    v = _plain(v)
+    if not isinstance(v, list) or not v:
+        fail(key, v, "must be a non-empty list")
+    for i, x in enumerate(v):
+        if allowed is not None and x not in allowed:
+            fail(f"{key}[{i}]", x, f"allowed: {', '.join(allowed)}")
+        if kind == "int":
+            _int(f"{key}[{i}]", x, 1)
+        if kind == "num":
+            _num(f"{key}[{i}]", x, positive=True)
+    return v
+
+
+def check_attack(cfg: DictConfig) -> None:
+    """Every key and value, before any model loads."""
+    check_keys(cfg, "attack_cli", "")
+    _int("seed", cfg.seed, 0)
+    _bool("overwrite", cfg.overwrite)
+    check_model(cfg.model)
+    if not isinstance(cfg.base, DictConfig):
+        fail("base", cfg.base, "must be a model config: choose one with model@base=<name> (conf/model/) "
+                               "or set base.path=<id or folder>")
+    check_model(cfg.base)
+    check_eval(cfg.eval)
+    a = cfg.attack
+    check_keys(a, "attack", "attack")
+    run = _list("attack.run", a.run, ATTACKS)
+    for name in run:
+        if name not in a:
+            fail(f"attack.{name}", None, f"settings missing; select them with attack={name} or attack=all")
+        unknown = sorted(set(a[name]) - SETTINGS[name])
+        if unknown:
+            raise ConfigError(f"unknown config key 'attack.{name}.{unknown[0]}'; allowed: "
+                              f"{', '.join(sorted(SETTINGS[name]))}")
+    if "probe" in run:
+        p = a.probe
+        _list("attack.probe.pooling", p.pooling, ("last_token", "option_mean"))
+        if not 0 < _num("attack.probe.train_fraction", p.train_fraction) < 1:
+            fail("attack.probe.train_fraction", p.train_fraction, "must be in (0, 1)")
+        _int("attack.probe.steps", p.steps, 1)
+        _num("attack.probe.lr", p.lr, positive=True)
+        _num("attack.probe.weight_decay", p.weight_decay)
+    if "finetune" in run:
+        f = a.finetune
+        _list("attack.finetune.modes", f.modes, ("full", "lora"))
+        _list("attack.finetune.data", f.data, ("forget", "retain", "unrelated"))
+        _list("attack.finetune.lr", f.lr, kind="num")
+        _list("attack.finetune.steps", f.steps, kind="int")
+        for key in ("examples", "batch_size", "max_length", "lora_r"):
+            _int(f"attack.finetune.{key}", f[key], 1)
+        if not data_mod.resolve_path(f.unrelated).is_file():
+            fail("attack.finetune.unrelated", f.unrelated, "no such file (a .jsonl with a text field, or bundled:<file>)")
+    if "ablate" in run:
+        if a.ablate.layers is not None:
+            _list("attack.ablate.layers", a.ablate.layers)
+        _int("attack.ablate.examples", a.ablate.examples, 1)
+        _int("attack.ablate.max_length", a.ablate.max_length, 1)
+    if "heldout_relearn" in run:
+        h = a.heldout_relearn
+        if h.mode not in ("full", "lora"):
+            fail("attack.heldout_relearn.mode", h.mode, "allowed: full, lora")
+        _num("attack.heldout_relearn.lr", h.lr, positive=True)
+        for key in ("steps", "batch_size", "max_length", "lora_r"):
+            _int(f"attack.heldout_relearn.{key}", h[key], 1)
+    if not isinstance(cfg.output_dir, str) or not cfg.output_dir:
+        fail("output_dir", cfg.output_dir, "must be a folder path")
+    check_output_dir(cfg.output_dir, cfg.overwrite)
+    read_model_config(cfg.model, "model")
+    read_model_config(cfg.base, "base")
+
+
+def _rows(attack: str, sets, base: dict, unlearned: dict, attacked: dict, detail: str) -> list[dict]:
+    return [{"attack": attack, "set": name, "role": role, "base": base[name]["acc"],
+             "unlearned": unlearned[name]["acc"], "attacked": attacked[name]["acc"],
+             "gap_recovered": gap_recovered(base[name]["acc"], unlearned[name]["acc"], attacked[name]["acc"]),
+             "detail": detail} for name, role, _ in sets if name in attacked]
+
+
+def run_probe(p, model, base_model, tok, sets, base, unlearned, seed):
+    """Per layer and pooling, probe accuracy for the base and the unlearned model; the
+    attacked accuracy of a set is the unlearned model's best layer (the attacker's pick)."""
+    out, rows = {}, []
+    for pooling in p.pooling:
+        out[pooling] = {}
+        best = {}
+        for name, role, items in sets:
+            per = {who: probe_layers(m, tok, items, pooling, p.train_fraction, p.weight_decay, p.steps, p.lr, seed)
+                   for who, m in (("base", base_model), ("unlearned", model))}
+            layer = max(range(len(per["unlearned"])), key=per["unlearned"].__getitem__)
+            out[pooling][name] = {**per, "chance": 1 / len(items[0].choices), "best_layer": layer}
+            best[name] = {"acc": per["unlearned"][layer]}
+            print(f"probe ({pooling}) {name}: per-layer accuracy, layer 0 = embeddings, chance "
+                  f"{1 / len(items[0].choices):.2f}\n  base      " + " ".join(f"{x:.2f}" for x in per["base"]) +
+                  "\n  unlearned " + " ".join(f"{x:.2f}" for x in per["unlearned"]))
+        rows += _rows("probe", sets, base, unlearned, best, f"{pooling}, best layer of the unlearned model")
+    return out, rows
+
+
+def run_finetune(f, cfg, model, tok, sets, base, unlearned):
+    corpora = {"forget": [t for c in cfg.data.forget for t in data_mod.load_corpus(_plain(c), 0).texts],
+               "retain": data_mod.load_corpus(_plain(cfg.data.retain[0]), 0).texts,
+               "unrelated": data_mod.load_corpus({"name": "unrelated", "path": f.unrelated, "max_length": 1}, 0).texts}
+    out, rows, worst = [], [], None
+    for mode in f.modes:
+        for source in f.data:
+            texts = corpora[source][:f.examples]
+            for lr in f.lr:
+                for steps in f.steps:
+                    tuned = finetune(model, tok, texts, mode, lr, steps, f.batch_size, f.max_length, f.lora_r, cfg.seed)
+                    scores = evaluate(tuned, tok, sets, cfg.eval.batch_size)
+                    del tuned
+                    forget_mean = sum(scores[n]["acc"] for n, r, _ in sets if r == "forget") / max(
+                        1, sum(r == "forget" for _, r, _ in sets))
+                    label = f"{mode}, {source} ×{len(texts)}, lr {lr:g}, {steps} steps"
+                    out.append({"mode": mode, "data": source, "examples": len(texts), "lr": lr, "steps": steps,
+                                "scores": scores, "forget_mean_acc": forget_mean})
+                    print(f"finetune {label}: " + ", ".join(f"{n} {s['acc']:.3f}" for n, s in scores.items()))
+                    if worst is None or forget_mean > worst[0]:
+                        worst = (forget_mean, label, scores)
+    rows += _rows("finetune", sets, base, unlearned, worst[2], f"worst case: {worst[1]}")
+    return {"runs": out, "worst": worst[1]}, rows
+
+
+def run_ablate(a, cfg, model, base_model, tok, sets, base, unlearned):
+    layers = _plain(a.layers)
+    if layers is None:
+        run_cfg = Path(cfg.model.path) / "rmu_config.yaml"
+        if not run_cfg.is_file():
+            fail("attack.ablate.layers", None, f"no {run_cfg} to read the edited layers from; set the layers")
+        r = yaml.safe_load(run_cfg.read_text())["rmu"]
+        layers = r["update_layers"] or list(range(max(0, r["layer_id"] - 2), r["layer_id"] + 1))
+    texts = [t for c in cfg.data.forget for t in data_mod.load_corpus(_plain(c), 0).texts[:a.examples]]
+    found = directions(model, base_model, tok, texts, layers, a.max_length)
+    with ablated(model, {i: d for i, (d, _) in found.items()}):
+        scores = evaluate(model, tok, sets, cfg.eval.batch_size)
+    print("ablate: projected out the mean shift at layers " + ", ".join(
+        f"{i} (norm {n:.1f})" for i, (_, n) in found.items()))
+    return ({"layers": layers, "shift_norms": {i: n for i, (_, n) in found.items()}, "scores": scores},
+            _rows("ablate", sets, base, unlearned, scores, f"layers {layers}"))
+
+
+def run_heldout(h, cfg, model, base_model, tok, sets):
+    """Fine-tune on half A of each forget set (questions with answers), score half B."""
+    out, rows = {}, []
+    for name, role, items in sets:
+        if role != "forget":
+            continue
+        train_half, test_half = split_half(items, cfg.seed)
+        held = [(name, role, test_half)]
+        texts = qa_texts(train_half)
+        scores = {}
+        for who, m in (("base", base_model), ("unlearned", model)):
+            scores[who] = evaluate(m, tok, held, cfg.eval.batch_size)[name]
+            tuned = finetune(m, tok, texts, h.mode, h.lr, h.steps, h.batch_size, h.max_length, h.lora_r, cfg.seed)
+            scores[f"{who}_relearned"] = evaluate(tuned, tok, held, cfg.eval.batch_size)[name]
+            del tuned
+        out[name] = {"train_items": len(train_half), "test_items": len(test_half), **scores}
+        print(f"heldout_relearn {name}: held-out half ({len(test_half)} q) base {scores['base']['acc']:.3f} → "
+              f"{scores['base_relearned']['acc']:.3f} after the fine-tune; unlearned {scores['unlearned']['acc']:.3f}"
+              f" → {scores['unlearned_relearned']['acc']:.3f}")
+        rows += _rows("heldout_relearn", held, {name: scores["base"]}, {name: scores["unlearned"]},
+                      {name: scores["unlearned_relearned"]},
+                      f"held-out half; base after the same fine-tune {scores['base_relearned']['acc']:.3f}")
+    return out, rows
+
+
+def summary_table(rows: list[dict]) -> str:
+    lines = ["| attack | set | role | base | unlearned | attacked | gap_recovered | detail |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gap = "n/a" if r["gap_recovered"] is None else f"{r['gap_recovered']:+.2f}"
+        lines.append(f"| {r['attack']} | {r['set']} | {r['role']} | {r['base']:.3f} | {r['unlearned']:.3f} | "
+                     f"{r['attacked']:.3f} | {gap} | {r['detail']} |")
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> dict:
+    check_attack(cfg)
+    sets = load_eval_sets(cfg.eval)
+    if not sets:
+        fail("eval.sets", [], "the attacks need multiple-choice sets with forget / retain roles")
+    from rmu.models import load_model
+
+    torch.manual_seed(cfg.seed)
+    model, tok = load_model(cfg.model, cfg.seed)
+    base_model, _ = load_model(cfg.base, cfg.seed)
+    model.eval().requires_grad_(False)
+    base_model.eval().requires_grad_(False)
+    base, unlearned = evaluate(base_model, tok, sets, cfg.eval.batch_size), evaluate(model, tok, sets, cfg.eval.batch_size)
+    results = {"model": cfg.model.path, "base_model": cfg.base.path, "base": base, "unlearned": unlearned,
+               "attacks": {}}
+    rows = []
+    a = cfg.attack
+    for name in a.run:
+        if name == "probe":
+            detail, r = run_probe(a.probe, model, base_model, tok, sets, base, unlearned, cfg.seed)
+        elif name == "finetune":
+            detail, r = run_finetune(a.finetune, cfg, model, tok, sets, base, unlearned)
+        elif name == "ablate":
+            detail, r = run_ablate(a.ablate, cfg, model, base_model, tok, sets, base, unlearned)
+        else:
+            detail, r = run_heldout(a.heldout_relearn, cfg, model, base_model, tok, sets)
+        results["attacks"][name] = detail
+        rows += r
+    results["summary"] = rows
+    table = summary_table(rows)
+    with staged_output(cfg.output_dir, cfg.overwrite) as out:
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "summary.md").write_text(f"# Robustness of {cfg.model.path}\n\nbase model: {cfg.base.path}\n\n{table}\n")
+    print(table)
+    print(f"attack: wrote {cfg.output_dir}")
+    return results
+
+
+@hydra.main(config_path=CONF_DIR, config_name="attack", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

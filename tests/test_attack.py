@@ -1,0 +1,112 @@
+"""Robustness attacks: each runs end to end through the CLI on the tiny model, the probe
+can succeed when the answer is decodable, and ablation undoes a planted direction."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from rmu.ablate import ablated, directions
+from rmu.attack import gap_recovered
+from rmu.data import MCQItem, load_corpus, tokenize
+from rmu.models import load_model
+from rmu.probe import fit_and_score, probe_layers
+from tests.conftest import TINY, make_cfg, run_cli
+
+SMALL = ["model=tiny_random", "model.arch=null", "model@base=tiny_random", "eval.batch_size=32",
+         "eval.sets=[{name: chem, path: 'bundled:mcq_chem.jsonl', role: forget},"
+         "{name: general, path: 'bundled:mcq_general.jsonl', role: retain}]",
+         "attack.probe.steps=30", "attack.probe.pooling=[last_token]", "attack.finetune.examples=8",
+         "attack.finetune.lr=[1e-4]", "attack.finetune.steps=[2]", "attack.finetune.modes=[full,lora]",
+         "attack.finetune.data=[unrelated]", "attack.heldout_relearn.steps=2", "attack.ablate.examples=8"]
+
+
+def test_gap_recovered_formula():
+    assert gap_recovered(0.8, 0.3, 0.3) == 0 and gap_recovered(0.8, 0.3, 0.8) == 1
+    assert gap_recovered(0.8, 0.3, 0.55) == pytest.approx(0.5) and gap_recovered(0.5, 0.5, 0.7) is None
+
+
+def test_all_attacks_run_end_to_end_through_the_cli(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("rmu.train", *TINY, f"output_dir={run}").returncode == 0
+    out = tmp_path / "attack"
+    proc = run_cli("rmu.attack", "attack=all", f"model.path={run}", *SMALL, f"output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["attacks"]) == {"probe", "finetune", "ablate", "heldout_relearn"}
+    rows = results["summary"]
+    assert {r["attack"] for r in rows} == {"probe", "finetune", "ablate", "heldout_relearn"}
+    for r in rows:
+        assert 0 <= r["attacked"] <= 1 and 0 <= r["base"] <= 1
+        expected = gap_recovered(r["base"], r["unlearned"], r["attacked"])
+        assert r["gap_recovered"] == expected
+    assert len(results["attacks"]["probe"]["last_token"]["chem"]["unlearned"]) == 5  # embeddings + 4 layers
+    assert [(r["mode"], r["data"]) for r in results["attacks"]["finetune"]["runs"]] == [("full", "unrelated"),
+                                                                                         ("lora", "unrelated")]
+    assert results["attacks"]["ablate"]["layers"] == [0, 1, 2]  # read from the run's rmu_config.yaml
+    assert set(results["attacks"]["heldout_relearn"]) == {"chem"}  # forget sets only
+    summary = (out / "summary.md").read_text()
+    assert "| attack | set | role | base | unlearned | attacked | gap_recovered | detail |" in summary
+    assert "| heldout_relearn | chem | forget |" in proc.stdout
+
+
+def test_single_attack_and_bad_settings(tmp_path):
+    proc = run_cli("rmu.attack", "attack=ablate", *SMALL[:4], "model.path=/nonexistent-run", f"output_dir={tmp_path}/a")
+    assert proc.returncode != 0 and "error: model.path='/nonexistent-run': cannot read the model's config" in proc.stderr
+    finetune_only = [o for o in SMALL if not o.startswith(("attack.probe", "attack.heldout", "attack.ablate"))]
+    proc = run_cli("rmu.attack", "attack=finetune", *finetune_only, "attack.finetune.modes=[full,qlora]",
+                   f"output_dir={tmp_path}/b")
+    assert proc.returncode != 0 and "attack.finetune.modes[1]='qlora': allowed: full, lora" in proc.stderr
+    proc = run_cli("rmu.attack", "attack=probe", *SMALL[:4], "base=tiny_random", f"output_dir={tmp_path}/c")
+    assert proc.returncode != 0 and "model@base=<name>" in proc.stderr
+
+
+def planted_items(n: int) -> list[MCQItem]:
+    """The correct option is always "yes", the others "no": decodable from option tokens."""
+    items = []
+    for i in range(n):
+        choices = ["no"] * 4
+        choices[i % 4] = "yes"
+        items.append(MCQItem(f"Question number {i}?", choices, i % 4))
+    return items
+
+
+def test_probe_reaches_high_accuracy_when_the_answer_is_decodable():
+    cfg = make_cfg(["model=tiny_random"])
+    model, tok = load_model(cfg.model, 0)
+    accs = probe_layers(model, tok, planted_items(40), "option_mean", 0.5, 0.0, 200, 0.05, seed=0)
+    assert accs[0] >= 0.95  # the embeddings of "yes" and "no" differ
+    # last_token probe on features with a planted class direction, and on noise alone.
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 4
+    noise = torch.randn(200, 32, generator=gen)
+    planted = noise + 5.0 * torch.nn.functional.one_hot(y, 32).float()
+    assert fit_and_score(planted[:100], y[:100], planted[100:], y[100:], 0.01, 200, 0.05) >= 0.95
+    assert fit_and_score(noise[:100], y[:100], noise[100:], y[100:], 0.01, 200, 0.05) <= 0.45
+
+
+def test_ablation_removes_a_planted_direction_and_restores_behaviour():
+    cfg = make_cfg(["model=tiny_random"])
+    base, tok = load_model(cfg.model, 0)
+    base.eval()
+    edited = copy.deepcopy(base)
+    d = torch.randn(base.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    d = d / d.norm()
+    # Plant: layer 1's down-projection now also writes 40·d whenever its input is active.
+    w = edited.model.layers[1].mlp.down_proj.weight
+    with torch.no_grad():
+        w += 40.0 * torch.outer(d, torch.ones(w.shape[1]) / w.shape[1] ** 0.5)
+    texts = load_corpus({"name": "chem", "path": "bundled:forget_chem.jsonl", "max_length": 32}, 0).texts[:16]
+    batch = tokenize(tok, load_corpus({"name": "g", "path": "bundled:retain_general.jsonl", "max_length": 32},
+                                      0).texts[:8], 32, "cpu")
+    mask = batch["attention_mask"].bool()
+    with torch.no_grad():
+        ref = base(**batch).logits.argmax(-1)[mask]
+        broken = edited(**batch).logits.argmax(-1)[mask]
+        found = directions(edited, base, tok, texts, [1], 32)
+        with ablated(edited, {1: found[1][0]}):
+            fixed = edited(**batch).logits.argmax(-1)[mask]
+    assert abs(torch.dot(found[1][0], d)) > 0.9  # the attack finds the planted direction
+    agree_broken, agree_fixed = (broken == ref).float().mean(), (fixed == ref).float().mean()
+    assert agree_broken < 0.6 and agree_fixed > 0.8, (agree_broken, agree_fixed)
