@@ -31,7 +31,7 @@ KEYS = {
     "data": {"forget", "retain", "min_chars", "padding_side"},
     "rmu": {"layer_id", "update_layers", "update_params", "steering_coeff", "auto_beta", "alpha", "mask_padding"},
     "optim": {"lr", "weight_decay", "eps", "betas", "master_weights"},
-    "trainer": {"max_steps", "batch_size", "progress"},
+    "trainer": {"max_steps", "batch_size", "progress", "save_every"},
     "eval": {"sets", "batch_size"},
     "eval_set": {"name", "path", "role"},
     "harness": {"tasks", "num_fewshot", "batch_size", "limit"},
@@ -294,6 +294,7 @@ def check_values(cfg: DictConfig) -> dict:
     _int("trainer.max_steps", t.max_steps, 1)
     _int("trainer.batch_size", t.batch_size, 1)
     _bool("trainer.progress", t.progress)
+    _int("trainer.save_every", t.save_every, 0)
     check_eval(cfg.eval)
     check_harness(cfg.harness, look_up_tasks=False)
     check_keys(cfg.export, "export", "export")

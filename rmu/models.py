@@ -142,8 +142,9 @@ def load_tokenizer(mcfg):
     return tok
 
 
-def load_model(mcfg, seed: int) -> tuple[nn.Module, object]:
-    """(model, tokenizer), model in `mcfg.dtype` on `mcfg.device`, in train mode."""
+def load_model(mcfg, seed: int, device: torch.device | None = None) -> tuple[nn.Module, object]:
+    """(model, tokenizer), model in `mcfg.dtype` on `mcfg.device` (or `device`: a process's
+    own GPU under data parallelism), in train mode."""
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(mcfg)
@@ -159,4 +160,4 @@ def load_model(mcfg, seed: int) -> tuple[nn.Module, object]:
                                                      trust_remote_code=mcfg.trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model.to(resolve_device(mcfg.device)).train(), tokenizer
+    return model.to(device or resolve_device(mcfg.device)).train(), tokenizer

@@ -20,8 +20,9 @@ GROWTH_INTERVAL = 200  # steps without overflow before the float16 loss scale do
 
 class Updater:
     def __init__(self, params: list[torch.Tensor], lr: float, betas, eps: float, weight_decay: float,
-                 master_weights: bool):
+                 master_weights: bool, ranks=None):
         self.params = params
+        self.ranks = ranks  # several processes: gradients are summed over them (rmu/distributed.py)
         half = params[0].dtype in (torch.bfloat16, torch.float16)
         self.masters = ([p.detach().float().clone().requires_grad_(True) for p in params]
                         if half and master_weights else None)
@@ -30,15 +31,21 @@ class Updater:
         self.optimizer = torch.optim.AdamW(self.masters or params, lr=lr, betas=tuple(betas), eps=eps,
                                            weight_decay=weight_decay)
 
+    def _sum_over_ranks(self):
+        if self.ranks is not None:
+            self.ranks.sum_grads(self.params)
+
     def step(self, loss: torch.Tensor) -> bool:
         """Backward and one AdamW step; False when a float16 overflow skipped it."""
         for p in self.params:
             p.grad = None
         if self.masters is None:  # float32, or bfloat16 updated in place (optim.master_weights=false)
             loss.backward()
+            self._sum_over_ranks()
             self.optimizer.step()
             return True
         (loss * self.scale).backward()
+        self._sum_over_ranks()
         grads = [p.grad.float() / self.scale for p in self.params]  # unscaled, float32
         for p in self.params:
             p.grad = None

@@ -23,6 +23,7 @@ from rmu.adapters import add_lora
 from rmu.checkpoint import save_run, staged_output
 from rmu.config import CONF_DIR, ConfigError, Plan, check_train
 from rmu.data import DataError, batch_texts, tokenize
+from rmu.distributed import Ranks
 from rmu.eval import evaluate, format_table
 from rmu.export import ExportError, prepare, push
 from rmu.harness import run_harness
@@ -30,6 +31,7 @@ from rmu.losses import forget_loss, mean_token_cosine, mean_token_norm, random_d
 from rmu.models import load_model
 from rmu.optim import Updater
 from rmu.report import write_report
+from rmu.resume import Preemption, Resume, ResumeError
 from rmu.span import LayerSpan
 
 
@@ -38,7 +40,7 @@ class TrainingError(RuntimeError):
 
 
 def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, control: torch.Tensor,
-             alpha: float, mask_padding: bool, step: int) -> dict:
+             alpha: float, mask_padding: bool, step: int, ranks: Ranks | None = None) -> dict:
     """One RMU update on one forget batch of topic k and one retain batch.
 
         L = mean((h_ℓ^upd(x_f) − c_k·u_k)²) + α_k · mean((h_ℓ^upd(x_r) − h_ℓ^frozen(x_r))²)
@@ -50,6 +52,10 @@ def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, cont
     The cost is what the loss needs (rmu/span.py): layers below the first updated one run
     once per batch without autograd and feed both the updated and the frozen pass; nothing
     after ℓ runs; the frozen pass uses saved copies of the updated tensors only.
+
+    With several processes (`ranks`, rmu/distributed.py) each holds a slice of the batch:
+    its means are weighted by its share of all ranks' positions, so the losses and (summed
+    in the updater) the gradients over ranks are those of the whole batch.
     """
     forget_mask = forget["attention_mask"] if mask_padding else None
     retain_mask = retain["attention_mask"] if mask_padding else None
@@ -67,6 +73,9 @@ def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, cont
         h_frozen = span.run(retain_in, frozen=True)
     loss_retain = retain_loss(h_retain, h_frozen, retain_mask)
 
+    share_forget = ranks.share(forget_mask if mask_padding else torch.ones_like(forget["attention_mask"])) if ranks else 1.0
+    share_retain = ranks.share(retain_mask if mask_padding else torch.ones_like(retain["attention_mask"])) if ranks else 1.0
+    loss_forget, loss_retain = share_forget * loss_forget, share_retain * loss_retain  # 1.0 on one process
     loss = loss_forget + alpha * loss_retain
     if not torch.isfinite(loss):
         raise TrainingError(f"non-finite loss at step {step}: forget={loss_forget.item():.4g} "
@@ -74,13 +83,14 @@ def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, cont
                             f"rmu.steering_coeff, or use a wider dtype. Nothing was written.")
     applied = updater.step(loss)  # backward, then AdamW (float32 master copies for bf16/fp16: rmu/optim.py)
 
+    total = ranks.total if ranks else (lambda x: x)  # sums over ranks: the whole batch's losses
     with torch.no_grad():
         return {
             "step": step,
-            "loss": loss.item(),
+            "loss": total(loss).item(),
             "skipped": not applied,
-            "forget_loss": loss_forget.item(),
-            "retain_loss": loss_retain.item(),
+            "forget_loss": total(loss_forget).item(),
+            "retain_loss": total(loss_retain).item(),
             "forget_norm": mean_token_norm(h_forget, forget_mask).item(),
             "forget_cos_control": mean_token_cosine(h_forget, control.expand_as(h_forget), forget_mask).item(),
             "retain_norm": mean_token_norm(h_retain, retain_mask).item(),
@@ -90,23 +100,30 @@ def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, cont
 
 
 @torch.no_grad()
-def auto_coefficients(span: LayerSpan, tokenizer, plan: Plan, cfg, device) -> list[float]:
-    """Adaptive RMU: c_k = β × mean token norm of the frozen model at layer ℓ on topic k's first forget batch."""
+def auto_coefficients(span: LayerSpan, tokenizer, plan: Plan, cfg, device, global_batch: int) -> list[float]:
+    """Adaptive RMU: c_k = β × mean token norm of the frozen model at layer ℓ on topic k's
+    first (global) forget batch; every rank computes it on the same texts, so all agree."""
     coeffs = []
     for corpus in plan.forget:
-        batch = tokenize(tokenizer, batch_texts(corpus, 0, cfg.trainer.batch_size), corpus.max_length, device)
+        batch = tokenize(tokenizer, batch_texts(corpus, 0, global_batch), corpus.max_length, device)
         h = span.run(span.prefix(batch), frozen=True)
         mask = batch["attention_mask"] if cfg.rmu.mask_padding else None
         coeffs.append(cfg.rmu.auto_beta * mean_token_norm(h, mask).item())
     return coeffs
 
 
+class Preempted(RuntimeError):
+    """SIGTERM arrived; the training state was saved and the same command resumes it."""
+
+
 def train(cfg: DictConfig) -> dict:
-    """The whole run: check, load, evaluate, unlearn, evaluate, save. Returns results.json's content."""
+    """The whole run: check, load, evaluate, unlearn, evaluate, save. Returns results.json's
+    content (on the main process; other ranks of a multi-process run return {})."""
     t0 = time.perf_counter()
     plan = check_train(cfg)  # raises ConfigError / DataError before any weights load
+    ranks = Ranks(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())  # one process, or the processes of accelerate launch / torchrun (rmu/distributed.py)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model, cfg.seed)
+    model, tokenizer = load_model(cfg.model, cfg.seed, device=ranks.device if ranks.size > 1 else None)
     tokenizer.padding_side = cfg.data.padding_side
     device = next(model.parameters()).device
 
@@ -125,43 +142,72 @@ def train(cfg: DictConfig) -> dict:
         updated = [params[name] for name in names]
         span = LayerSpan(model, plan.layer_id, names, disable_adapter=peft_model.disable_adapter)
     updater = Updater(updated, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-                      weight_decay=cfg.optim.weight_decay, master_weights=cfg.optim.master_weights)
+                      weight_decay=cfg.optim.weight_decay, master_weights=cfg.optim.master_weights, ranks=ranks)
     t_load = time.perf_counter()
 
-    base = evaluate(model, tokenizer, plan.eval_sets, cfg.eval.batch_size)
-    harness = {}
-    if cfg.harness.tasks:  # lm-evaluation-harness tasks, before and after (rmu/harness.py)
-        harness["base"] = run_harness(model, tokenizer, cfg.harness, cfg.model.path, cfg.model.revision)
+    base, harness = {}, {}
+    if ranks.main:
+        base = evaluate(model, tokenizer, plan.eval_sets, cfg.eval.batch_size)
+        if cfg.harness.tasks:  # lm-evaluation-harness tasks, before and after (rmu/harness.py)
+            harness["base"] = run_harness(model, tokenizer, cfg.harness, cfg.model.path, cfg.model.revision)
     t_eval0 = time.perf_counter()
 
-    coeffs = plan.steering_coeff or auto_coefficients(span, tokenizer, plan, cfg, device)
+    global_batch = cfg.trainer.batch_size * ranks.size  # every rank trains on its slice of it
+    coeffs = plan.steering_coeff or auto_coefficients(span, tokenizer, plan, cfg, device, global_batch)
     directions = random_directions(len(plan.topics), plan.hidden_size, cfg.seed)  # (K, D)
     controls = directions * torch.tensor(coeffs).unsqueeze(1)  # (K, D), ‖control_k‖ = c_k
     controls_dev = controls.to(device=device, dtype=model.dtype)
     what = (f"updating {len(plan.update_names)} tensors: {plan.update_names}" if peft_model is None else
             f"LoRA r={cfg.adapter.r} on {list(cfg.adapter.target_modules)} of layers {plan.update_layers}")
-    print(f"rmu: topics {plan.topics}, steering_coeff {[round(c, 2) for c in coeffs]}, alpha {plan.alpha}, "
-          f"hooked layer {plan.layer_id}, {what}")
+    if ranks.main:
+        print(f"rmu: topics {plan.topics}, steering_coeff {[round(c, 2) for c in coeffs]}, alpha {plan.alpha}, "
+              f"hooked layer {plan.layer_id}, {what}" + (f", {ranks.size} processes" if ranks.size > 1 else ""))
+
+    # Resume where a preempted run with this config and output_dir stopped (rmu/resume.py).
+    resume, rows, start = Resume(cfg), [], 0
+    state = resume.load()
+    if state is not None:
+        Resume.restore(state, updated, updater)
+        rows, start = state["rows"], state["step"]
+        if ranks.main:
+            print(f"rmu: resuming at step {start} from {resume.folder}")
+    preemption = Preemption()
+    bar = tqdm(range(start, cfg.trainer.max_steps), desc="rmu", disable=not (cfg.trainer.progress and ranks.main),
+               initial=start, total=cfg.trainer.max_steps)
+    try:
+        for step in bar:
+            k = step % len(plan.topics)
+            index = step // len(plan.topics)
+            forget_corpus, retain_corpus = plan.forget[k], plan.retain[k]
+            forget = tokenize(tokenizer, ranks.shard(batch_texts(forget_corpus, index, global_batch)),
+                              forget_corpus.max_length, device)
+            retain = tokenize(tokenizer, ranks.shard(batch_texts(retain_corpus, index, global_batch)),
+                              retain_corpus.max_length, device)
+            record = rmu_step(span, updater, forget, retain, controls_dev[k],
+                              plan.alpha[k], cfg.rmu.mask_padding, step, ranks)
+            record["topic"] = plan.topics[k]
+            rows.append(record)
+            bar.set_postfix(topic=plan.topics[k], forget=f"{record['forget_loss']:.3g}",
+                            retain=f"{record['retain_loss']:.3g}")
+            stop = ranks.total(torch.tensor(float(preemption.requested))).item() > 0  # all ranks agree
+            done = step + 1
+            if done < cfg.trainer.max_steps and (stop or (cfg.trainer.save_every and done % cfg.trainer.save_every == 0)):
+                if ranks.main:
+                    resume.save(done, updated, updater, rows)
+                ranks.barrier()
+            if stop and done < cfg.trainer.max_steps:
+                raise Preempted(f"stopped by SIGTERM after step {done}; the state is in {resume.folder}: "
+                                f"run the same command again to resume")
+    finally:
+        preemption.restore()
+    t_train = time.perf_counter()
+    if not ranks.main:  # rank 0 evaluates and writes
+        ranks.barrier()
+        return {}
 
     with staged_output(cfg.output_dir, cfg.overwrite) as out:
-        bar = tqdm(range(cfg.trainer.max_steps), desc="rmu", disable=not cfg.trainer.progress)
         with open(out / "metrics.jsonl", "w") as log:
-            for step in bar:
-                k = step % len(plan.topics)
-                index = step // len(plan.topics)
-                forget_corpus, retain_corpus = plan.forget[k], plan.retain[k]
-                forget = tokenize(tokenizer, batch_texts(forget_corpus, index, cfg.trainer.batch_size),
-                                  forget_corpus.max_length, device)
-                retain = tokenize(tokenizer, batch_texts(retain_corpus, index, cfg.trainer.batch_size),
-                                  retain_corpus.max_length, device)
-                record = rmu_step(span, updater, forget, retain, controls_dev[k],
-                                  plan.alpha[k], cfg.rmu.mask_padding, step)
-                record["topic"] = plan.topics[k]
-                log.write(json.dumps(record) + "\n")
-                bar.set_postfix(topic=plan.topics[k], forget=f"{record['forget_loss']:.3g}",
-                                retain=f"{record['retain_loss']:.3g}")
-        t_train = time.perf_counter()
-
+            log.writelines(json.dumps(r) + "\n" for r in rows)
         unlearned = evaluate(model, tokenizer, plan.eval_sets, cfg.eval.batch_size)
         if cfg.harness.tasks:
             harness["unlearned"] = run_harness(model, tokenizer, cfg.harness, str(cfg.output_dir), None)
@@ -169,6 +215,7 @@ def train(cfg: DictConfig) -> dict:
         results = {
             "model": cfg.model.name,
             "steps": cfg.trainer.max_steps,
+            "processes": ranks.size,
             "topics": plan.topics,
             "steering_coeff": coeffs,
             "alpha": plan.alpha,
@@ -196,17 +243,19 @@ def train(cfg: DictConfig) -> dict:
         table = table.strip()
         (out / "eval_table.txt").write_text(table + "\n")
         write_report(out)  # report.png (loss curves, accuracy bars) and report.md
+    resume.clear()
+    ranks.barrier()
 
     if table:
         print(table)
+    s = results["seconds"]
+    print(f"rmu: wrote {cfg.output_dir} in {s['total']:.1f}s (load {s['load']:.1f}s, eval {s['eval_before']:.1f}s + "
+          f"{s['eval_after']:.1f}s, train {s['train']:.1f}s for {cfg.trainer.max_steps} steps, save {s['save']:.1f}s)")
     if cfg.export.repo_id:  # a Hub folder next to the run folder, and the upload if asked
         hub = prepare(cfg.output_dir, cfg.export.repo_id, overwrite=cfg.overwrite)
         print(f"rmu: prepared the Hub folder {hub}")
         if cfg.export.push:
             print(f"rmu: pushed to {push(hub, cfg.export.repo_id, cfg.export.private)}")
-    s = results["seconds"]
-    print(f"rmu: wrote {cfg.output_dir} in {s['total']:.1f}s (load {s['load']:.1f}s, eval {s['eval_before']:.1f}s + "
-          f"{s['eval_after']:.1f}s, train {s['train']:.1f}s for {cfg.trainer.max_steps} steps, save {s['save']:.1f}s)")
     return results
 
 
@@ -214,8 +263,11 @@ def train(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
-    except (ConfigError, DataError, TrainingError, ExportError, FileNotFoundError) as e:
+    except (ConfigError, DataError, TrainingError, ExportError, ResumeError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    except Preempted as e:
+        print(f"rmu: {e}")
+        sys.exit(143)  # 128 + SIGTERM, what a scheduler expects from a terminated job
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""Data parallelism over the processes `accelerate launch` or `torchrun` starts.
+
+    accelerate launch --num_processes 2 -m rmu.train trainer.batch_size=4     # 2 × 4 texts per step
+    torchrun --nproc_per_node 2 -m rmu.train trainer.batch_size=4
+
+accelerate's `PartialState` reads the launcher's environment (RANK, WORLD_SIZE, …) and
+sets up torch.distributed (NCCL on GPUs, gloo on CPU); a plain `python -m rmu.train` is a
+single process and everything here is a no-op.
+
+Each step every rank takes its own slice of the step's global batch
+(`trainer.batch_size` × processes texts, so no two ranks see the same forget or retain
+text), computes its losses as its share of the global token mean (sum over its tokens /
+all ranks' tokens), and the gradients are summed over ranks before the optimizer step.
+That is exactly the gradient of the full batch on one process, so N processes with
+batch b end where one process with batch N·b does. The control vectors come from a
+seeded generator and are the same on every rank; only rank 0 evaluates, logs and writes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+class Ranks:
+    def __init__(self, cpu: bool):
+        from accelerate import PartialState
+
+        # `cpu`: processes on CPU (gloo); accelerate only sets those up when asked.
+        self.state = PartialState(cpu=cpu)
+        self.rank, self.size = self.state.process_index, self.state.num_processes
+        self.main = self.state.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.state.device
+
+    def shard(self, texts: list[str]) -> list[str]:
+        """This rank's contiguous slice of the global batch (len(texts) = size × per-rank batch)."""
+        per = len(texts) // self.size
+        return texts[self.rank * per:(self.rank + 1) * per]
+
+    def total(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks (a copy; `x` itself is unchanged)."""
+        x = x.detach().clone()
+        if self.size > 1:
+            dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    def share(self, mask: torch.Tensor) -> float:
+        """This rank's fraction of all ranks' averaged positions (1.0 on one process)."""
+        local = mask.sum().float()
+        return (local / self.total(local)).item() if self.size > 1 else 1.0
+
+    def sum_grads(self, params: list[torch.Tensor]) -> None:
+        if self.size > 1:
+            for p in params:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()

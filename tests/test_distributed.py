@@ -1,0 +1,100 @@
+"""Several processes (gloo on CPU) through the real launchers, and preemption / resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT, run_cli
+
+RUN = ["model=tiny_random", "eval=none", "trainer.max_steps=6", "trainer.progress=false", "rmu.layer_id=2",
+       "rmu.steering_coeff=auto", "data.forget.0.max_length=32", "data.forget.1.max_length=32",
+       "data.retain.0.max_length=32", "optim.lr=1e-2"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def assert_same_weights(a: Path, b: Path, rel: float):
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    for k in wa:
+        diff = (wa[k].float() - wb[k].float()).abs().max() / wa[k].float().abs().max()
+        assert diff <= rel, (k, diff.item())
+
+
+def launch(launcher: list[str], *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*launcher, "-m", "rmu.train", *overrides], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
+    one = run_cli("rmu.train", *RUN, "trainer.batch_size=4", f"output_dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    bin_dir = Path(sys.executable).parent
+    # accelerate launch starts CPU processes only through mpirun; on GPUs it starts them with
+    # torchrun (experiments/accelerate/), which is what runs here.
+    runs = {"torchrun": [str(bin_dir / "torchrun"), "--nproc_per_node", "2"]}
+    for name, launcher in runs.items():
+        proc = launch(launcher, *RUN, "trainer.batch_size=2", f"output_dir={tmp_path / name}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("rmu: wrote") == 1 and "2 processes" in proc.stdout  # only rank 0 writes
+        assert_same_weights(tmp_path / "one", tmp_path / name, 1e-5)
+        ours = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
+        ref = [json.loads(line) for line in open(tmp_path / "one" / "metrics.jsonl")]
+        for a, b in zip(ours, ref, strict=True):
+            assert abs(a["forget_loss"] - b["forget_loss"]) <= 1e-5 * b["forget_loss"]
+        assert json.loads((tmp_path / name / "results.json").read_text())["processes"] == 2
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing left over
+
+
+def test_sigterm_then_restart_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    long = [o for o in RUN if not o.startswith("trainer.max_steps")] + [
+        "trainer.max_steps=200", "trainer.batch_size=4", "trainer.save_every=20"]
+    straight = run_cli("rmu.train", *long, f"output_dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    out = tmp_path / "resumed"
+    state = tmp_path / ".resumed.resume" / "state.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "rmu.train", *long, f"output_dir={out}"], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "stopped by SIGTERM after step" in stdout and not out.exists()
+    stopped_at = torch.load(state, weights_only=False)["step"]
+    assert 0 < stopped_at < 200
+
+    again = run_cli("rmu.train", *long, f"output_dir={out}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming at step {stopped_at}" in again.stdout
+    assert_same_weights(tmp_path / "straight", out, 0.0)  # bit-identical on CPU
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(200))
+    assert not state.parent.exists()  # the resume state is removed once the run is written
+
+
+def test_a_resume_state_of_another_config_is_refused(tmp_path):
+    out = tmp_path / "run"
+    state_dir = tmp_path / ".run.resume"
+    state_dir.mkdir()
+    torch.save({"fingerprint": "something-else"}, state_dir / "state.pt")
+    proc = run_cli("rmu.train", *RUN, "trainer.batch_size=2", f"output_dir={out}")
+    assert proc.returncode != 0 and "holds the state of a run with a different config" in proc.stderr
+    assert (state_dir / "state.pt").exists()  # never deleted behind the user's back
+
+
+def test_shipped_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {}
+    for f in sorted((ROOT / "experiments" / "accelerate").glob("*.yaml")):
+        kinds[f.stem] = load_config_from_file(str(f)).distributed_type.value
+    assert kinds == {"single_gpu": "NO", "multi_gpu": "MULTI_GPU"}, kinds
