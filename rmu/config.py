@@ -25,7 +25,7 @@ CONF_DIR = str(_PACKAGED if _PACKAGED.is_dir() else Path(__file__).parent.parent
 
 KEYS = {
     "train": {"seed", "output_dir", "overwrite", "model", "data", "rmu", "optim", "trainer", "eval", "harness", "adapter",
-              "export"},
+              "export", "logger"},
     "eval_cli": {"seed", "output_file", "model", "eval", "harness"},
     "model": {"name", "path", "hub_id", "revision", "dtype", "device", "trust_remote_code", "arch"},
     "data": {"forget", "retain", "min_chars", "padding_side"},
@@ -39,6 +39,7 @@ KEYS = {
     "export_cli": {"checkpoint", "repo_id", "output_dir", "push", "private", "overwrite"},
     "attack_cli": {"seed", "output_dir", "overwrite", "model", "base", "data", "eval", "attack"},
     "attack": {"run", "probe", "finetune", "ablate", "heldout_relearn"},
+    "logger": {"project", "entity", "name", "tags"},
     "adapter": {"r", "alpha", "dropout", "target_modules", "merge"},
 }
 
@@ -298,6 +299,14 @@ def check_values(cfg: DictConfig) -> dict:
     check_eval(cfg.eval)
     check_harness(cfg.harness, look_up_tasks=False)
     check_keys(cfg.export, "export", "export")
+    if cfg.logger is not None:
+        check_keys(cfg.logger, "logger", "logger")
+        if not isinstance(cfg.logger.project, str) or not cfg.logger.project:
+            fail("logger.project", cfg.logger.project, "must be a wandb project name")
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            fail("logger", "wandb", "needs the wandb package: pip install wandb")
     check_export_target(cfg.export, "export.")
     return dict(forget=forget_entries, retain=retain_entries, layer_id=layer_id, update_layers=update_layers,
                 patterns=patterns, steering=steering, alpha=alpha)

@@ -57,6 +57,14 @@ class Ranks:
             for p in params:
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
+    def same(self, value):
+        """Rank 0's value on every rank (e.g. an output_dir with a timestamp in it)."""
+        if self.size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()

@@ -32,6 +32,7 @@ from rmu.models import load_model
 from rmu.optim import Updater
 from rmu.report import write_report
 from rmu.resume import Preemption, Resume, ResumeError
+from rmu.tracking import Tracker
 from rmu.span import LayerSpan
 
 
@@ -121,7 +122,9 @@ def train(cfg: DictConfig) -> dict:
     content (on the main process; other ranks of a multi-process run return {})."""
     t0 = time.perf_counter()
     plan = check_train(cfg)  # raises ConfigError / DataError before any weights load
-    ranks = Ranks(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())  # one process, or the processes of accelerate launch / torchrun (rmu/distributed.py)
+    # One process, or the processes of accelerate launch / torchrun (rmu/distributed.py).
+    ranks = Ranks(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())
+    cfg.output_dir = ranks.same(str(cfg.output_dir))  # one folder, even if ranks started in different seconds
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model(cfg.model, cfg.seed, device=ranks.device if ranks.size > 1 else None)
     tokenizer.padding_side = cfg.data.padding_side
@@ -171,6 +174,7 @@ def train(cfg: DictConfig) -> dict:
         rows, start = state["rows"], state["step"]
         if ranks.main:
             print(f"rmu: resuming at step {start} from {resume.folder}")
+    tracker = Tracker(cfg, ranks.main)  # logger=wandb; metrics.jsonl is written either way
     preemption = Preemption()
     bar = tqdm(range(start, cfg.trainer.max_steps), desc="rmu", disable=not (cfg.trainer.progress and ranks.main),
                initial=start, total=cfg.trainer.max_steps)
@@ -187,6 +191,7 @@ def train(cfg: DictConfig) -> dict:
                               plan.alpha[k], cfg.rmu.mask_padding, step, ranks)
             record["topic"] = plan.topics[k]
             rows.append(record)
+            tracker.step(record)
             bar.set_postfix(topic=plan.topics[k], forget=f"{record['forget_loss']:.3g}",
                             retain=f"{record['retain_loss']:.3g}")
             stop = ranks.total(torch.tensor(float(preemption.requested))).item() > 0  # all ranks agree
@@ -198,6 +203,9 @@ def train(cfg: DictConfig) -> dict:
             if stop and done < cfg.trainer.max_steps:
                 raise Preempted(f"stopped by SIGTERM after step {done}; the state is in {resume.folder}: "
                                 f"run the same command again to resume")
+    except BaseException:
+        tracker.abort()
+        raise
     finally:
         preemption.restore()
     t_train = time.perf_counter()
@@ -244,6 +252,7 @@ def train(cfg: DictConfig) -> dict:
         (out / "eval_table.txt").write_text(table + "\n")
         write_report(out)  # report.png (loss curves, accuracy bars) and report.md
     resume.clear()
+    tracker.finish(results, cfg.output_dir)
     ranks.barrier()
 
     if table:
