@@ -39,8 +39,12 @@ SETTINGS = {"probe": {"pooling", "train_fraction", "steps", "lr", "weight_decay"
             "heldout_relearn": {"mode", "lr", "steps", "batch_size", "max_length", "lora_r"}}
 
 
+MIN_GAP = 0.05  # below 5 points between base and unlearned the ratio is noise (retain sets)
+
+
 def gap_recovered(base: float, unlearned: float, attacked: float) -> float | None:
-    return None if abs(base - unlearned) < 1e-12 else (attacked - unlearned) / (base - unlearned)
+    """(attacked − unlearned) / (base − unlearned); None where unlearning moved the set < MIN_GAP."""
+    return None if abs(base - unlearned) < MIN_GAP else (attacked - unlearned) / (base - unlearned)
 
 
 def _list(key, v, allowed=None, kind=None) -> list:
@@ -133,12 +137,19 @@ def run_probe(p, model, base_model, tok, sets, base, unlearned, seed):
             per = {who: probe_layers(m, tok, items, pooling, p.train_fraction, p.weight_decay, p.steps, p.lr, seed)
                    for who, m in (("base", base_model), ("unlearned", model))}
             layer = max(range(len(per["unlearned"])), key=per["unlearned"].__getitem__)
-            out[pooling][name] = {**per, "chance": 1 / len(items[0].choices), "best_layer": layer}
-            best[name] = {"acc": per["unlearned"][layer]}
+            base_layer = max(range(len(per["base"])), key=per["base"].__getitem__)
+            out[pooling][name] = {**per, "chance": 1 / len(items[0].choices), "best_layer": layer,
+                                  "base_best_layer": base_layer}
+            best[name] = {"acc": per["unlearned"][layer], "layer": layer,
+                          "base_probe": per["base"][base_layer], "base_layer": base_layer}
             print(f"probe ({pooling}) {name}: per-layer accuracy, layer 0 = embeddings, chance "
                   f"{1 / len(items[0].choices):.2f}\n  base      " + " ".join(f"{x:.2f}" for x in per["base"]) +
                   "\n  unlearned " + " ".join(f"{x:.2f}" for x in per["unlearned"]))
-        rows += _rows("probe", sets, base, unlearned, best, f"{pooling}, best layer of the unlearned model")
+        for row in _rows("probe", sets, base, unlearned, best, ""):
+            b = best[row["set"]]
+            row["detail"] = (f"{pooling} probe, unlearned model's best layer {b['layer']}; base model's probe "
+                             f"{b['base_probe']:.3f} (layer {b['base_layer']})")
+            rows.append(row)
     return out, rows
 
 

@@ -25,6 +25,7 @@ SMALL = ["model=tiny_random", "model.arch=null", "model@base=tiny_random", "eval
 def test_gap_recovered_formula():
     assert gap_recovered(0.8, 0.3, 0.3) == 0 and gap_recovered(0.8, 0.3, 0.8) == 1
     assert gap_recovered(0.8, 0.3, 0.55) == pytest.approx(0.5) and gap_recovered(0.5, 0.5, 0.7) is None
+    assert gap_recovered(0.80, 0.78, 0.9) is None  # a retain set RMU barely moved: no ratio
 
 
 def test_all_attacks_run_end_to_end_through_the_cli(tmp_path):
