@@ -196,9 +196,10 @@ def run_ablate(a, cfg, model, base_model, tok, sets, base, unlearned):
             _rows("ablate", sets, base, unlearned, scores, f"layers {layers}"))
 
 
-def run_heldout(h, cfg, model, base_model, tok, sets):
+def run_heldout(h, cfg, model, base_model, tok, sets, base, unlearned):
     """Fine-tune on half A of each forget set (questions with answers), score half B."""
     out, rows = {}, []
+    retain_sets = [x for x in sets if x[1] == "retain"]
     for name, role, items in sets:
         if role != "forget":
             continue
@@ -210,6 +211,8 @@ def run_heldout(h, cfg, model, base_model, tok, sets):
             scores[who] = evaluate(m, tok, held, cfg.eval.batch_size)[name]
             tuned = finetune(m, tok, texts, h.mode, h.lr, h.steps, h.batch_size, h.max_length, h.lora_r, cfg.seed)
             scores[f"{who}_relearned"] = evaluate(tuned, tok, held, cfg.eval.batch_size)[name]
+            if who == "unlearned":  # what the fine-tune does to the retain sets
+                retain_after = evaluate(tuned, tok, retain_sets, cfg.eval.batch_size)
             del tuned
         out[name] = {"train_items": len(train_half), "test_items": len(test_half), **scores}
         print(f"heldout_relearn {name}: held-out half ({len(test_half)} q) base {scores['base']['acc']:.3f} → "
@@ -218,6 +221,8 @@ def run_heldout(h, cfg, model, base_model, tok, sets):
         rows += _rows("heldout_relearn", held, {name: scores["base"]}, {name: scores["unlearned"]},
                       {name: scores["unlearned_relearned"]},
                       f"held-out half; base after the same fine-tune {scores['base_relearned']['acc']:.3f}")
+        rows += _rows("heldout_relearn", retain_sets, base, unlearned, retain_after, f"after the {name} fine-tune")
+        out[name]["retain_after"] = retain_after
     return out, rows
 
 
@@ -256,7 +261,7 @@ def run(cfg: DictConfig) -> dict:
         elif name == "ablate":
             detail, r = run_ablate(a.ablate, cfg, model, base_model, tok, sets, base, unlearned)
         else:
-            detail, r = run_heldout(a.heldout_relearn, cfg, model, base_model, tok, sets)
+            detail, r = run_heldout(a.heldout_relearn, cfg, model, base_model, tok, sets, base, unlearned)
         results["attacks"][name] = detail
         rows += r
     results["summary"] = rows

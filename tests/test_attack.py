@@ -50,6 +50,7 @@ def test_all_attacks_run_end_to_end_through_the_cli(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| attack | set | role | base | unlearned | attacked | gap_recovered | detail |" in summary
     assert "| heldout_relearn | chem | forget |" in proc.stdout
+    assert "| heldout_relearn | general | retain |" in proc.stdout  # the retain set after the fine-tune
 
 
 def test_single_attack_and_bad_settings(tmp_path):

@@ -9,7 +9,8 @@ from rmu.config import CONF_DIR, ConfigError, check_train, check_values
 from tests.conftest import TINY, make_cfg
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF_DIR).iterdir() if g.is_dir()}
-OPTIONS = [(g, o) for g, opts in GROUPS.items() if g != "experiment" for o in opts]
+# conf/attack/ belongs to `python -m rmu.attack` (conf/attack.yaml), every other group to training.
+OPTIONS = [(g, o) for g, opts in GROUPS.items() if g not in ("experiment", "attack") for o in opts]
 
 
 def test_tree_has_the_groups_we_document():
@@ -30,6 +31,16 @@ def test_every_experiment_composes_and_validates(experiment, tmp_path):
                     f"output_dir={tmp_path / 'o'}"])
     plan = check_train(cfg)
     assert plan.topics == ["chem", "astro"]
+
+
+@pytest.mark.parametrize("option", GROUPS["attack"])
+def test_every_attack_option_composes_and_validates(option, tmp_path):
+    from rmu.attack import check_attack
+
+    cfg = make_cfg([f"attack={option}", "model=tiny_random", "model@base=tiny_random",
+                    f"output_dir={tmp_path / 'o'}"], config_name="attack")
+    check_attack(cfg)
+    assert list(cfg.attack.run) == (["probe", "finetune", "ablate", "heldout_relearn"] if option == "all" else [option])
 
 
 def test_eval_config_composes():
