@@ -168,8 +168,8 @@ def main():
     diffs = [rel_diff(a, b) for (fa, ra), (fb, rb) in zip(ours["losses"], ref["losses"]) for a, b in ((fa, fb), (ra, rb))]
     speedup, memory_ratio, max_diff = t_ref / t_ours, ours["peak_mb"] / ref["peak_mb"], max(diffs)
     memory = "peak CUDA memory allocated" if args.device.startswith("cuda") else "peak RSS of the process"
-    print(f"# RMU step: {args.model}, {args.dtype}, {args.device} ({ours['device']}, {ours['threads']} threads, "
-          f"{platform.system()} {platform.python_version()}), batch {args.batch}, length {args.length}, "
+    print(f"RMU step: {args.model}, {args.dtype}, {args.device} ({ours['device']}, {ours['threads']} threads, "
+          f"{platform.system()}, Python {platform.python_version()}), batch {args.batch}, length {args.length}, "
           f"hooked layer {ours['layer']}, updated {max(0, ours['layer'] - 2)}..{ours['layer']}, "
           f"{args.steps} timed steps after {args.warmup} warm-up\n")
     print(f"| variant | median step (s) | min / max (s) | {memory} (MiB) | final forget loss | final retain loss |")
