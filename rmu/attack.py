@@ -29,7 +29,7 @@ from rmu.config import (CONF_DIR, ConfigError, _bool, _int, _num, _plain, check_
                         check_output_dir, fail, load_eval_sets, read_model_config)
 from rmu.data import DataError
 from rmu.eval import evaluate
-from rmu.probe import probe_layers
+from rmu.probe import features, probe_features
 from rmu.relearn import finetune, qa_texts, split_half
 
 ATTACKS = ("probe", "finetune", "ablate", "heldout_relearn")
@@ -130,12 +130,15 @@ def run_probe(p, model, base_model, tok, sets, base, unlearned, seed):
     """Per layer and pooling, probe accuracy for the base and the unlearned model; the
     attacked accuracy of a set is the unlearned model's best layer (the attacker's pick)."""
     out, rows = {}, []
+    # One forward pass per question and model serves every pooling.
+    feats = {(name, who): features(m, tok, items, list(p.pooling))
+             for name, _, items in sets for who, m in (("base", base_model), ("unlearned", model))}
     for pooling in p.pooling:
         out[pooling] = {}
         best = {}
         for name, role, items in sets:
-            per = {who: probe_layers(m, tok, items, pooling, p.train_fraction, p.weight_decay, p.steps, p.lr, seed)
-                   for who, m in (("base", base_model), ("unlearned", model))}
+            per = {who: probe_features(feats[name, who][pooling], items, p.train_fraction, p.weight_decay, p.steps,
+                                       p.lr, seed) for who in ("base", "unlearned")}
             layer = max(range(len(per["unlearned"])), key=per["unlearned"].__getitem__)
             base_layer = max(range(len(per["base"])), key=per["base"].__getitem__)
             out[pooling][name] = {**per, "chance": 1 / len(items[0].choices), "best_layer": layer,

@@ -11,6 +11,7 @@ few-shot count, the batch size, the limit, and the model's path and revision.
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 
 TASKS_DIR = Path(__file__).parent / "harness_tasks"
@@ -47,13 +48,8 @@ def run_harness(model, tokenizer, hcfg, model_path: str, revision: str | None) -
         row["num_fewshot"] = out.get("n-shot", {}).get(name)
         row["n"] = (out.get("n-samples", {}).get(name) or {}).get("effective")
         tasks[name] = row
-    setup = {"lm_eval_version": lm_eval.__version__ if hasattr(lm_eval, "__version__") else _version("lm_eval"),
+    setup = {"lm_eval_version": version("lm_eval"),
              "num_fewshot": hcfg.num_fewshot, "batch_size": hcfg.batch_size, "limit": hcfg.limit,
              "model_path": model_path, "revision": revision}
     return {"tasks": tasks, "setup": setup, "table": make_table(out)}
 
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)

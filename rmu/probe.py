@@ -32,29 +32,30 @@ def lettered_prompt(item: MCQItem) -> tuple[str, list[tuple[int, int]]]:
 
 
 @torch.no_grad()
-def features(model, tokenizer, items: list[MCQItem], pooling: str) -> torch.Tensor:
-    """(layers + 1, items, D) for last_token; (layers + 1, items, options, D) for option_mean.
-    Index 0 is the embedding output, index i the output of decoder layer i-1."""
+def features(model, tokenizer, items: list[MCQItem], poolings: list[str]) -> dict[str, torch.Tensor]:
+    """One forward pass per item, pooled every requested way: last_token gives
+    (layers + 1, items, D), option_mean (layers + 1, items, options, D). Index 0 is the
+    embedding output, index i the output of decoder layer i-1."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = []
+    out = {pooling: [] for pooling in poolings}
     for item in items:
         text, spans = lettered_prompt(item)
         enc = tokenizer(text, return_tensors="pt", return_offsets_mapping=True, add_special_tokens=False)
-        offsets = enc.pop("offset_mapping")[0]
+        offsets = enc.pop("offset_mapping")[0].tolist()
         hidden = model(input_ids=enc["input_ids"].to(device), output_hidden_states=True).hidden_states
         h = torch.stack(hidden)[:, 0].float().cpu()  # (layers + 1, T, D)
-        if pooling == "last_token":
-            out.append(h[:, -1])
-        else:
+        if "last_token" in out:
+            out["last_token"].append(h[:, -1])
+        if "option_mean" in out:
             pooled = []
             for start, end in spans:
-                tokens = [i for i, (a, b) in enumerate(offsets.tolist()) if a < end and b > start]
+                tokens = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
                 pooled.append(h[:, tokens].mean(dim=1))
-            out.append(torch.stack(pooled, dim=1))  # (layers + 1, options, D)
+            out["option_mean"].append(torch.stack(pooled, dim=1))  # (layers + 1, options, D)
     model.train(was_training)
-    return torch.stack(out, dim=1)
+    return {pooling: torch.stack(xs, dim=1) for pooling, xs in out.items()}
 
 
 def fit_and_score(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
@@ -82,14 +83,13 @@ def fit_and_score(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Te
         return (logits.argmax(-1) == y_test).float().mean().item()
 
 
-def probe_layers(model, tokenizer, items: list[MCQItem], pooling: str, train_fraction: float,
-                 weight_decay: float, steps: int, lr: float, seed: int) -> list[float]:
-    """Test accuracy of a probe on every layer (index 0 = embeddings)."""
+def probe_features(x: torch.Tensor, items: list[MCQItem], train_fraction: float, weight_decay: float,
+                   steps: int, lr: float, seed: int) -> list[float]:
+    """Test accuracy of a probe on every layer of precomputed features (index 0 = embeddings)."""
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(items), generator=gen)
     cut = int(len(items) * train_fraction)
     train_idx, test_idx = order[:cut], order[cut:]
-    x = features(model, tokenizer, items, pooling)
     y = torch.tensor([item.answer for item in items])
     accs = []
     for layer in range(x.shape[0]):
@@ -97,3 +97,10 @@ def probe_layers(model, tokenizer, items: list[MCQItem], pooling: str, train_fra
         accs.append(fit_and_score(x[layer, train_idx], y[train_idx], x[layer, test_idx], y[test_idx],
                                   weight_decay, steps, lr))
     return accs
+
+
+def probe_layers(model, tokenizer, items: list[MCQItem], pooling: str, train_fraction: float,
+                 weight_decay: float, steps: int, lr: float, seed: int) -> list[float]:
+    """Test accuracy of a probe on every layer of `model` (index 0 = embeddings)."""
+    x = features(model, tokenizer, items, [pooling])[pooling]
+    return probe_features(x, items, train_fraction, weight_decay, steps, lr, seed)
