@@ -18,8 +18,24 @@ seeded generator and are the same on every rank; only rank 0 evaluates, logs and
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
+
+
+def ranks_from_slurm() -> None:
+    """In a SLURM job of several tasks started by submitit (hydra/launcher=slurm with
+    tasks_per_node or nodes > 1), set the torch.distributed variables (RANK, WORLD_SIZE,
+    MASTER_ADDR, …) from SLURM's, so each task is one rank. Each rank keeps seeing all of
+    its node's GPUs and takes the one of its LOCAL_RANK."""
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
+        return
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 class Ranks:

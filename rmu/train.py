@@ -23,7 +23,7 @@ from rmu.adapters import add_lora
 from rmu.checkpoint import save_run, staged_output
 from rmu.config import CONF_DIR, ConfigError, Plan, check_train
 from rmu.data import DataError, batch_texts, tokenize
-from rmu.distributed import Ranks
+from rmu.distributed import Ranks, ranks_from_slurm
 from rmu.eval import evaluate, format_table
 from rmu.export import ExportError, prepare, push
 from rmu.harness import run_harness
@@ -32,8 +32,9 @@ from rmu.models import load_model
 from rmu.optim import Updater
 from rmu.report import write_report
 from rmu.resume import Preemption, Resume, ResumeError
-from rmu.tracking import Tracker
 from rmu.span import LayerSpan
+from rmu.sweep import in_sweep, job_output_dir
+from rmu.tracking import Tracker
 
 
 class TrainingError(RuntimeError):
@@ -222,6 +223,7 @@ def train(cfg: DictConfig) -> dict:
         t_eval1 = time.perf_counter()
         results = {
             "model": cfg.model.name,
+            "output_dir": str(cfg.output_dir),
             "steps": cfg.trainer.max_steps,
             "processes": ranks.size,
             "topics": plan.topics,
@@ -269,10 +271,14 @@ def train(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> dict:
+    job_output_dir(cfg)  # in a -m sweep: <hydra.sweep.dir>/<job number> (rmu/sweep.py)
+    ranks_from_slurm()  # a SLURM job of several tasks: one rank per task
     try:
-        train(cfg)
+        return train(cfg)
     except (ConfigError, DataError, TrainingError, ExportError, ResumeError, FileNotFoundError) as e:
+        if in_sweep():  # Hydra records the failed job (the sweep summary shows why) and runs the others
+            raise
         sys.exit(f"error: {e}")
     except Preempted as e:
         print(f"rmu: {e}")

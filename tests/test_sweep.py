@@ -1,0 +1,152 @@
+"""Hydra sweeps: one folder per job, the summary table, and sweeps submitted to a real SLURM.
+
+The SLURM test starts a one-machine cluster with experiments/slurm/cluster.sh (munged,
+slurmctld, slurmd on 127.0.0.1), submits the sweep through `sbatch` (hydra/launcher=slurm)
+and stops exactly the daemons it started. It needs Debian's slurmctld, slurmd and munge
+and root; .ci/run installs them and sets RMU_TEST_REQUIRE_SLURM=1, so there a missing
+SLURM fails the test. On a machine without them the same test runs the sweep through
+hydra/launcher=submitit_local instead (same submitit job files, no scheduler), and says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from rmu.train import train
+from tests.conftest import ROOT, TINY, make_cfg, run_cli
+from tests.test_distributed import assert_same_weights
+
+CLUSTER = ROOT / "experiments" / "slurm" / "cluster.sh"
+SWEEP = [o for o in TINY if o != "eval=none"] + ["rmu.alpha=10"]  # the bundled eval sets: accuracies in the summary
+
+
+def rows(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_each_job_writes_its_own_folder_and_the_summary_lists_failures(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    # layer 9 does not exist in the 4-layer model: that job fails, the other one still runs.
+    proc = run_cli("rmu.train", "-m", *SWEEP, "rmu.layer_id=2,9", f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode != 0  # Hydra reports the failed job at the end
+    assert sorted(p.name for p in sweep_dir.iterdir() if not p.name.startswith(".")) == [
+        "0", "multirun.yaml", "summary.csv", "summary.md"]
+    results = json.loads((sweep_dir / "0" / "results.json").read_text())
+    assert results["output_dir"] == str(sweep_dir / "0") and results["layer_id"] == 2
+
+    ok, failed = rows(sweep_dir)
+    assert (ok["job"], ok["status"], ok["output_dir"]) == ("0", "completed", str(sweep_dir / "0"))
+    forget = [e["unlearned"]["acc"] for e in results["eval"].values() if e["role"] == "forget"]
+    assert float(ok["forget_acc"]) == pytest.approx(sum(forget) / len(forget))
+    assert float(ok["retain_acc"]) == pytest.approx(results["eval"]["general"]["unlearned"]["acc"])
+    assert float(ok["seconds"]) == pytest.approx(results["seconds"]["total"], abs=0.1)
+    assert failed["status"] == "failed" and failed["forget_acc"] == ""
+    assert failed["error"].startswith("ConfigError: rmu.layer_id=9: must be in 0..3")
+
+    table = (sweep_dir / "summary.md").read_text()
+    assert "| 0 | rmu.layer_id=2 | completed |" in table  # shared overrides are listed once, above the table
+    assert "| 1 | rmu.layer_id=9 | failed: ConfigError: rmu.layer_id=9" in table
+    assert "Shared overrides: model=tiny_random" in table
+
+
+def test_output_dir_given_on_the_command_line_is_kept_in_a_sweep(tmp_path):
+    proc = run_cli("rmu.train", "-m", *TINY, "rmu.alpha=10,20", f"output_dir={tmp_path}/a${{rmu.alpha}}",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["output_dir"] for r in rows(tmp_path / "sweep")] == [str(tmp_path / "a10"), str(tmp_path / "a20")]
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [  # no empty job folders
+        ".jobs", ".summary.lock", "multirun.yaml", "summary.csv", "summary.md"]
+
+
+def free_port_pair() -> int:
+    """A port p with p and p+1 free (slurmctld and slurmd)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port < 65000:
+            with socket.socket() as s2:
+                try:
+                    s2.bind(("127.0.0.1", port + 1))
+                    return port
+                except OSError:
+                    continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+def slurm_available() -> str | None:
+    """None if a cluster can be started here, else why not."""
+    missing = [c for c in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(c) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (experiments/slurm/cluster.sh install)"
+    if os.geteuid() != 0:
+        return "not root"
+    return None
+
+
+@pytest.fixture
+def launcher(tmp_path):
+    """(hydra/launcher overrides, env) for a started one-machine SLURM, or submitit_local."""
+    why_not = slurm_available()
+    if why_not:
+        assert os.environ.get("RMU_TEST_REQUIRE_SLURM") != "1", f"SLURM required but {why_not}"
+        print(f"no SLURM here ({why_not}): running the sweep with hydra/launcher=submitit_local")
+        yield ["hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=1"], {}, None
+        return
+    env = {**os.environ, "RMU_SLURM_DIR": str(tmp_path / "slurm"), "RMU_SLURM_PORT": str(free_port_pair())}
+    start = subprocess.run(["bash", str(CLUSTER), "start"], env=env, capture_output=True, text=True, timeout=120)
+    assert start.returncode == 0, start.stderr
+    pids = [int(p) for p in (tmp_path / "slurm" / "pids").read_text().split()]
+    env["SLURM_CONF"] = start.stdout.strip().split("=", 1)[1]
+    try:
+        yield (["hydra/launcher=slurm", "hydra.launcher.partition=local", "hydra.launcher.gpus_per_node=null",
+                "hydra.launcher.cpus_per_task=1", "hydra.launcher.tasks_per_node=2"], env, pids)
+    finally:
+        stop = subprocess.run(["bash", str(CLUSTER), "stop"], env=env, capture_output=True, text=True, timeout=60)
+        assert stop.returncode == 0, stop.stderr
+        for pid in pids:  # exactly the daemons it started are gone
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_two_job_sweep_through_slurm(tmp_path, launcher):
+    overrides, env, pids = launcher
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli("rmu.train", "-m", *overrides, *SWEEP, "trainer.batch_size=2", "rmu.alpha=10,100",
+                   f"hydra.sweep.dir={sweep_dir}", env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    table = rows(sweep_dir)
+    assert [(r["job"], r["status"]) for r in table] == [("0", "completed"), ("1", "completed")]
+    submitted = sorted((sweep_dir / ".submitit").glob("*_submission.sh")) or \
+        sorted((sweep_dir / ".submitit").glob("*/*_submission.sh"))
+    if pids is not None:  # the sbatch script submitit wrote, and what SLURM ran
+        script = submitted[0].read_text()
+        assert "#SBATCH --partition=local" in script and "#SBATCH --ntasks-per-node=2" in script
+    for row, alpha in zip(table, (10.0, 100.0)):
+        assert row["overrides"].endswith(f"rmu.alpha={alpha:g}")
+        results = json.loads((Path(row["output_dir"]) / "results.json").read_text())
+        assert Path(row["output_dir"]) == sweep_dir / row["job"] and results["alpha"] == [alpha, alpha]
+        assert float(row["forget_acc"]) == pytest.approx(
+            sum(e["unlearned"]["acc"] for e in results["eval"].values() if e["role"] == "forget") / 2)
+    assert "| 0 | rmu.alpha=10 | completed |" in (sweep_dir / "summary.md").read_text()
+
+    if pids is not None:
+        # Each SLURM job ran 2 tasks as 2 ranks with batch 2 each: the weights are those of one
+        # process with batch 4 on the same data (the data-parallel equivalence, under sbatch).
+        results = json.loads((sweep_dir / "0" / "results.json").read_text())
+        assert results["processes"] == 2
+        cfg = make_cfg(SWEEP + ["trainer.batch_size=4", "eval=none", f"output_dir={tmp_path / 'one'}"])
+        torch.manual_seed(0)
+        train(cfg)
+        assert_same_weights(tmp_path / "one", sweep_dir / "0", 1e-5)
+        assert subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip() == ""
