@@ -45,9 +45,10 @@ def staged_output(final: str | Path, overwrite: bool):
 
 
 def save_run(folder: Path, model, tokenizer, cfg, controls: torch.Tensor, topics: list[str],
-             coeffs: list[float]):
-    """The model folder (safetensors, config, tokenizer), the resolved config and the control vectors."""
-    model.save_pretrained(folder, safe_serialization=True)
+             coeffs: list[float], state_dict: dict | None = None):
+    """The model folder (safetensors, config, tokenizer), the resolved config and the control
+    vectors. `state_dict`: the weights to write when the model's own are sharded (FSDP)."""
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
     (folder / "rmu_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     save_file({"control_vectors": controls.contiguous()}, folder / "control_vectors.safetensors",

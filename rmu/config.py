@@ -312,6 +312,15 @@ def check_values(cfg: DictConfig) -> dict:
                 patterns=patterns, steering=steering, alpha=alpha)
 
 
+def check_fsdp(cfg: DictConfig) -> None:
+    """What FSDP (rmu/distributed.py) does not cover; checked before the model loads."""
+    if cfg.adapter is not None:
+        fail("adapter", "lora", "LoRA is not supported under FSDP; use adapter=none")
+    if cfg.harness.tasks:
+        fail("harness.tasks", _plain(cfg.harness.tasks), "lm-eval does not run on a sharded model: use harness.tasks=[] "
+                                                         "and run `python -m rmu.eval` on the written model")
+
+
 def check_train(cfg: DictConfig) -> Plan:
     """Everything that can be checked without loading weights, in the order a user would
     want to hear about it: keys and values, the output folder, the data, the model layout."""

@@ -14,6 +14,16 @@ all ranks' tokens), and the gradients are summed over ranks before the optimizer
 That is exactly the gradient of the full batch on one process, so N processes with
 batch b end where one process with batch N·b does. The control vectors come from a
 seeded generator and are the same on every rank; only rank 0 evaluates, logs and writes.
+
+FSDP, for models that do not fit one GPU (`accelerate launch --config_file
+experiments/accelerate/fsdp.yaml`, which sets ACCELERATE_USE_FSDP): the decoder layers an
+RMU step never trains — those below the first updated layer, which only run forward
+without autograd, and those above ℓ, which never run in training — are sharded over the
+ranks with torch's FSDP2 (`fully_shard`); each is gathered for its forward and freed
+after it. The span first..ℓ (trained, and run a second time with the original values for
+the frozen pass) and the embeddings, final norm and head stay whole on every rank, so the
+step, its frozen pass and the gradient sum are the same as in plain data parallel. Every
+rank joins the evaluation forwards and the gather of the full weights for the checkpoint.
 """
 
 from __future__ import annotations
@@ -46,6 +56,13 @@ class Ranks:
         self.state = PartialState(cpu=cpu)
         self.rank, self.size = self.state.process_index, self.state.num_processes
         self.main = self.state.is_main_process
+        env = os.environ
+        self.fsdp = self.size > 1 and env.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        if self.fsdp and env.get("FSDP_VERSION", "2") != "2":
+            raise ValueError(f"FSDP_VERSION={env['FSDP_VERSION']}: rmu shards with FSDP2; set fsdp_version: 2 "
+                             "in the accelerate config (experiments/accelerate/fsdp.yaml)")
+        self.reshard_after_forward = env.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() != "false"
+        self.offload_params = env.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true"
 
     @property
     def device(self) -> torch.device:
@@ -72,6 +89,37 @@ class Ranks:
         if self.size > 1:
             for p in params:
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+    def shard_frozen_layers(self, model, layers, keep: range) -> int:
+        """FSDP: shard the decoder `layers` outside `keep` over the ranks and move everything
+        else to this rank's device; returns how many layers were sharded."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.size,))
+        offload = CPUOffloadPolicy() if self.offload_params else OffloadPolicy()
+        sharded = [layer for i, layer in enumerate(layers) if i not in keep]
+        for layer in sharded:
+            fully_shard(layer, mesh=mesh, reshard_after_forward=self.reshard_after_forward, offload_policy=offload)
+        inside = {id(m) for layer in sharded for m in layer.modules()}
+        for module in model.modules():
+            if id(module) not in inside:
+                module._apply(lambda t: t.to(self.device), recurse=False)
+        return len(sharded)
+
+    @staticmethod
+    def local_parameter_mib(model) -> float:
+        """Parameter memory this rank holds (a sharded tensor counts its own shard only)."""
+        from torch.distributed.tensor import DTensor
+
+        local = (p.to_local() if isinstance(p, DTensor) else p for p in model.parameters())
+        return sum(t.numel() * t.element_size() for t in local) / 2 ** 20
+
+    def full_state_dict(self, model) -> dict:
+        """Every rank joins; rank 0 gets the whole model's weights on the CPU (others: {})."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def same(self, value):
         """Rank 0's value on every rank (e.g. an output_dir with a timestamp in it)."""

@@ -21,12 +21,13 @@ from tqdm.auto import tqdm
 
 from rmu.adapters import add_lora
 from rmu.checkpoint import save_run, staged_output
-from rmu.config import CONF_DIR, ConfigError, Plan, check_train
+from rmu.config import CONF_DIR, ConfigError, Plan, check_fsdp, check_train
 from rmu.data import DataError, batch_texts, tokenize
 from rmu.distributed import Ranks, ranks_from_slurm
 from rmu.eval import evaluate, format_table
 from rmu.export import ExportError, prepare, push
 from rmu.harness import run_harness
+from rmu.hooks import decoder_layers
 from rmu.losses import forget_loss, mean_token_cosine, mean_token_norm, random_directions, retain_loss
 from rmu.models import load_model
 from rmu.optim import Updater
@@ -125,11 +126,19 @@ def train(cfg: DictConfig) -> dict:
     plan = check_train(cfg)  # raises ConfigError / DataError before any weights load
     # One process, or the processes of accelerate launch / torchrun (rmu/distributed.py).
     ranks = Ranks(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())
+    if ranks.fsdp:
+        check_fsdp(cfg)
     cfg.output_dir = ranks.same(str(cfg.output_dir))  # one folder, even if ranks started in different seconds
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model, cfg.seed, device=ranks.device if ranks.size > 1 else None)
+    model, tokenizer = load_model(cfg.model, cfg.seed, device=torch.device("cpu") if ranks.fsdp else
+                                  ranks.device if ranks.size > 1 else None)
+    if ranks.fsdp:  # shard the layers a step does not train; the span stays whole on every rank
+        n = ranks.shard_frozen_layers(model, decoder_layers(model), range(min(plan.update_layers), plan.layer_id + 1))
+        if ranks.main:
+            print(f"rmu: FSDP: {n} frozen decoder layers sharded over {ranks.size} processes; this rank holds "
+                  f"{ranks.local_parameter_mib(model):.0f} MiB of parameters")
     tokenizer.padding_side = cfg.data.padding_side
-    device = next(model.parameters()).device
+    device = ranks.device if ranks.fsdp else next(model.parameters()).device
 
     model.requires_grad_(False)
     peft_model = None
@@ -150,8 +159,9 @@ def train(cfg: DictConfig) -> dict:
     t_load = time.perf_counter()
 
     base, harness = {}, {}
-    if ranks.main:
+    if ranks.main or ranks.fsdp:  # sharded layers gather over all ranks: all run the eval forwards
         base = evaluate(model, tokenizer, plan.eval_sets, cfg.eval.batch_size)
+    if ranks.main:
         if cfg.harness.tasks:  # lm-evaluation-harness tasks, before and after (rmu/harness.py)
             harness["base"] = run_harness(model, tokenizer, cfg.harness, cfg.model.path, cfg.model.revision)
     t_eval0 = time.perf_counter()
@@ -210,6 +220,10 @@ def train(cfg: DictConfig) -> dict:
     finally:
         preemption.restore()
     t_train = time.perf_counter()
+    weights = None  # what save_run writes: the model's own state dict, or under FSDP the gathered one
+    if ranks.fsdp:  # every rank joins the eval forwards and the gather; rank 0 writes
+        unlearned = evaluate(model, tokenizer, plan.eval_sets, cfg.eval.batch_size)
+        weights = ranks.full_state_dict(model)
     if not ranks.main:  # rank 0 evaluates and writes
         ranks.barrier()
         return {}
@@ -217,7 +231,8 @@ def train(cfg: DictConfig) -> dict:
     with staged_output(cfg.output_dir, cfg.overwrite) as out:
         with open(out / "metrics.jsonl", "w") as log:
             log.writelines(json.dumps(r) + "\n" for r in rows)
-        unlearned = evaluate(model, tokenizer, plan.eval_sets, cfg.eval.batch_size)
+        if not ranks.fsdp:
+            unlearned = evaluate(model, tokenizer, plan.eval_sets, cfg.eval.batch_size)
         if cfg.harness.tasks:
             harness["unlearned"] = run_harness(model, tokenizer, cfg.harness, str(cfg.output_dir), None)
         t_eval1 = time.perf_counter()
@@ -226,6 +241,8 @@ def train(cfg: DictConfig) -> dict:
             "output_dir": str(cfg.output_dir),
             "steps": cfg.trainer.max_steps,
             "processes": ranks.size,
+            "fsdp": ranks.fsdp,
+            "rank0_parameter_mib": round(ranks.local_parameter_mib(model), 3),
             "topics": plan.topics,
             "steering_coeff": coeffs,
             "alpha": plan.alpha,
@@ -239,7 +256,7 @@ def train(cfg: DictConfig) -> dict:
         }
         if peft_model is not None:  # a plain model with the adapters merged in, or the adapter folder
             model = peft_model.merge_and_unload() if cfg.adapter.merge else peft_model
-        save_run(out, model, tokenizer, cfg, controls, plan.topics, coeffs)
+        save_run(out, model, tokenizer, cfg, controls, plan.topics, coeffs, weights)
         if harness:
             results["harness"] = {"setup": {k: v for k, v in harness["base"]["setup"].items() if k != "model_path"},
                                   "base_model": cfg.model.path,

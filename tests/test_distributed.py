@@ -8,8 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
+
+from rmu.config import ConfigError, check_fsdp
 
 from tests.conftest import ROOT, run_cli
 
@@ -97,4 +100,48 @@ def test_shipped_accelerate_configs_parse():
     kinds = {}
     for f in sorted((ROOT / "experiments" / "accelerate").glob("*.yaml")):
         kinds[f.stem] = load_config_from_file(str(f)).distributed_type.value
-    assert kinds == {"single_gpu": "NO", "multi_gpu": "MULTI_GPU"}, kinds
+    assert kinds == {"single_gpu": "NO", "multi_gpu": "MULTI_GPU", "fsdp": "FSDP"}, kinds
+
+
+def accelerate_env(config: Path) -> dict:
+    """The FSDP variables `accelerate launch --config_file <config>` gives its processes."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(config), "--num_processes", "2", "-m", "rmu.train"])
+    args, _, _ = _validate_launch_command(args)
+    return {k: v for k, v in prepare_multi_gpu_env(args).items() if "FSDP" in k}
+
+
+def test_fsdp_shards_the_frozen_layers_and_ends_where_one_process_does(tmp_path):
+    # 6 layers, span 2..3 trained: layers 0, 1, 4, 5 are sharded over the 2 ranks.
+    six = [o for o in RUN if o != "eval=none" and not o.startswith("rmu.layer_id")] + [
+        "model.arch.num_hidden_layers=6", "rmu.layer_id=3", "rmu.update_layers=[2,3]", "harness.tasks=[]"]
+    one = run_cli("rmu.train", *six, "trainer.batch_size=4", f"output_dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    env = accelerate_env(ROOT / "experiments" / "accelerate" / "fsdp.yaml")
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "rmu.train",
+                           *six, "trainer.batch_size=2", f"output_dir={tmp_path / 'fsdp'}"], cwd=ROOT,
+                          env={**ENV, **env}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "FSDP: 4 frozen decoder layers sharded over 2 processes" in proc.stdout
+
+    assert_same_weights(tmp_path / "one", tmp_path / "fsdp", 1e-5)  # the gathered checkpoint: all 6 layers
+    ref = json.loads((tmp_path / "one" / "results.json").read_text())
+    ours = json.loads((tmp_path / "fsdp" / "results.json").read_text())
+    assert ours["fsdp"] is True and ref["fsdp"] is False
+    # Eval forwards through the sharded layers give the unsharded model's answers.
+    assert ours["eval"] == ref["eval"]
+    # Rank 0 held half of each sharded layer and all of the rest.
+    weights = load_file(tmp_path / "one" / "model.safetensors")
+    sharded = sum(t.numel() * 4 for k, t in weights.items() if k.split(".")[2:3] in (["0"], ["1"], ["4"], ["5"]))
+    assert ref["rank0_parameter_mib"] - ours["rank0_parameter_mib"] == pytest.approx(sharded / 2 / 2 ** 20, abs=2e-3)
+
+
+def test_what_fsdp_does_not_cover_is_refused_before_loading(tiny_cfg):
+    with pytest.raises(ConfigError, match="adapter='lora': LoRA is not supported under FSDP"):
+        check_fsdp(tiny_cfg("adapter=lora"))
+    with pytest.raises(ConfigError, match=r"harness.tasks=\['rmu_chem'\]: lm-eval does not run on a sharded model"):
+        check_fsdp(tiny_cfg("harness.tasks=[rmu_chem]"))
+    check_fsdp(tiny_cfg())
