@@ -16,17 +16,19 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from rmu.train import train
 from tests.conftest import ROOT, TINY, make_cfg, run_cli
 from tests.test_distributed import assert_same_weights
 
 CLUSTER = ROOT / "experiments" / "slurm" / "cluster.sh"
-SWEEP = [o for o in TINY if o != "eval=none"] + ["rmu.alpha=10"]  # the bundled eval sets: accuracies in the summary
+SWEEP = [o for o in TINY if o != "eval=none"]  # the bundled eval sets: accuracies in the summary
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def rows(sweep_dir: Path) -> list[dict]:
@@ -37,7 +39,7 @@ def rows(sweep_dir: Path) -> list[dict]:
 def test_each_job_writes_its_own_folder_and_the_summary_lists_failures(tmp_path):
     sweep_dir = tmp_path / "sweep"
     # layer 9 does not exist in the 4-layer model: that job fails, the other one still runs.
-    proc = run_cli("rmu.train", "-m", *SWEEP, "rmu.layer_id=2,9", f"hydra.sweep.dir={sweep_dir}")
+    proc = run_cli("rmu.train", "-m", *SWEEP, "rmu.alpha=10", "rmu.layer_id=2,9", f"hydra.sweep.dir={sweep_dir}")
     assert proc.returncode != 0  # Hydra reports the failed job at the end
     assert sorted(p.name for p in sweep_dir.iterdir() if not p.name.startswith(".")) == [
         "0", "multirun.yaml", "summary.csv", "summary.md"]
@@ -101,7 +103,7 @@ def launcher(tmp_path):
     if why_not:
         assert os.environ.get("RMU_TEST_REQUIRE_SLURM") != "1", f"SLURM required but {why_not}"
         print(f"no SLURM here ({why_not}): running the sweep with hydra/launcher=submitit_local")
-        yield ["hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=1"], {}, None
+        yield ["hydra/launcher=submitit_local"], {}, None
         return
     env = {**os.environ, "RMU_SLURM_DIR": str(tmp_path / "slurm"), "RMU_SLURM_PORT": str(free_port_pair())}
     start = subprocess.run(["bash", str(CLUSTER), "start"], env=env, capture_output=True, text=True, timeout=120)
@@ -118,35 +120,52 @@ def launcher(tmp_path):
             assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
-def test_a_two_job_sweep_through_slurm(tmp_path, launcher):
+def test_a_two_job_sweep_through_slurm_with_a_requeue(tmp_path, launcher):
     overrides, env, pids = launcher
     sweep_dir = tmp_path / "sweep"
-    proc = run_cli("rmu.train", "-m", *overrides, *SWEEP, "trainer.batch_size=2", "rmu.alpha=10,100",
-                   f"hydra.sweep.dir={sweep_dir}", env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    steps = ["trainer.batch_size=2", "trainer.max_steps=600", "trainer.save_every=100"]
+    proc = subprocess.Popen([sys.executable, "-m", "rmu.train", "-m", *overrides, *SWEEP, *steps, "rmu.alpha=10,100",
+                             f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT, env={**os.environ, **OFFLINE, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    requeued = None
+    if pids is not None:
+        # Preempt a job once it has saved its first state: `scontrol requeue` SIGTERMs its tasks,
+        # they save at the end of the step and exit; SLURM starts the job again and it resumes.
+        deadline = time.time() + 300
+        while requeued is None and time.time() < deadline and proc.poll() is None:
+            requeued = next((n for n in (0, 1) if (sweep_dir / f".{n}.resume" / "state.pt").exists()), None)
+            time.sleep(0.1)
+        assert requeued is not None, "no job saved a training state"
+        jobs = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True).stdout.split()
+        subprocess.run(["scontrol", "requeue", next(j for j in jobs if j.endswith(f"_{requeued}"))], env=env, check=True)
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr[-4000:]
 
     table = rows(sweep_dir)
     assert [(r["job"], r["status"]) for r in table] == [("0", "completed"), ("1", "completed")]
-    submitted = sorted((sweep_dir / ".submitit").glob("*_submission.sh")) or \
-        sorted((sweep_dir / ".submitit").glob("*/*_submission.sh"))
-    if pids is not None:  # the sbatch script submitit wrote, and what SLURM ran
-        script = submitted[0].read_text()
-        assert "#SBATCH --partition=local" in script and "#SBATCH --ntasks-per-node=2" in script
-    for row, alpha in zip(table, (10.0, 100.0)):
-        assert row["overrides"].endswith(f"rmu.alpha={alpha:g}")
+    for row, alpha in zip(table, (10, 100)):
+        assert row["overrides"].endswith(f"rmu.alpha={alpha}")
         results = json.loads((Path(row["output_dir"]) / "results.json").read_text())
         assert Path(row["output_dir"]) == sweep_dir / row["job"] and results["alpha"] == [alpha, alpha]
         assert float(row["forget_acc"]) == pytest.approx(
             sum(e["unlearned"]["acc"] for e in results["eval"].values() if e["role"] == "forget") / 2)
     assert "| 0 | rmu.alpha=10 | completed |" in (sweep_dir / "summary.md").read_text()
+    assert not list(sweep_dir.glob(".*.resume"))  # the states are gone once the models are written
+    if pids is None:
+        return
 
-    if pids is not None:
-        # Each SLURM job ran 2 tasks as 2 ranks with batch 2 each: the weights are those of one
-        # process with batch 4 on the same data (the data-parallel equivalence, under sbatch).
-        results = json.loads((sweep_dir / "0" / "results.json").read_text())
-        assert results["processes"] == 2
-        cfg = make_cfg(SWEEP + ["trainer.batch_size=4", "eval=none", f"output_dir={tmp_path / 'one'}"])
-        torch.manual_seed(0)
-        train(cfg)
-        assert_same_weights(tmp_path / "one", sweep_dir / "0", 1e-5)
-        assert subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip() == ""
+    # What SLURM ran: sbatch scripts of 2 tasks on partition `local`; the requeued job stopped and resumed.
+    script = next((sweep_dir / ".submitit").glob("*/*_submission.sh")).read_text()
+    assert "#SBATCH --partition=local" in script and "#SBATCH --ntasks-per-node=2" in script
+    log = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob(f"*_{requeued}/*_0_log.out"))
+    assert "rmu: stopped by SIGTERM after step" in log and "rmu: resuming at step" in log, log[-3000:]
+    results = json.loads((sweep_dir / str(requeued) / "results.json").read_text())
+    assert results["processes"] == 2
+    # 2 ranks × batch 2, preempted and requeued mid-way, end with the weights of one uninterrupted
+    # process with batch 4 on the same data.
+    alpha = (10, 100)[requeued]
+    cfg = make_cfg(SWEEP + ["trainer.batch_size=4", "trainer.max_steps=600", "eval=none", f"rmu.alpha={alpha}",
+                            f"output_dir={tmp_path / 'one'}"])
+    train(cfg)
+    assert_same_weights(tmp_path / "one", sweep_dir / str(requeued), 1e-5)
+    assert subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip() == ""

@@ -11,6 +11,9 @@
 # (default /tmp/rmu-slurm); the system's own /etc/slurm and munge service are not touched.
 # One node, named after this host, with all its cores and 90% of its memory; one partition,
 # `local`. proctrack/linuxproc and task/none need no cgroups, so this runs in containers too.
+# cred_expire=10: a requeued job may start again after 10 s rather than SLURM's default 120 s.
+# No accounting daemon: submitit's status calls to `sacct` fail and it says so ("Bypassing
+# sacct error"); it falls back to the jobs' result files, so sweeps work all the same.
 set -euo pipefail
 DIR=${RMU_SLURM_DIR:-/tmp/rmu-slurm}
 CTLD_PORT=${RMU_SLURM_PORT:-6817}
@@ -44,7 +47,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$DIR/munge/munge.socket
+AuthInfo=socket=$DIR/munge/munge.socket,cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
