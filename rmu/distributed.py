@@ -90,22 +90,57 @@ class Ranks:
             for p in params:
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
-    def shard_frozen_layers(self, model, layers, keep: range) -> int:
-        """FSDP: shard the decoder `layers` outside `keep` over the ranks and move everything
-        else to this rank's device; returns how many layers were sharded."""
+    def load_sharded(self, mcfg, seed: int, keep: range):
+        """FSDP: (model, tokenizer) with the decoder layers outside `keep` sharded over the
+        ranks and everything else whole on this rank's device.
+
+        Only rank 0 reads the checkpoint (into CPU memory); the other ranks build the model on
+        the meta device, so a node holds one CPU copy, not one per process. The model is
+        sharded while still empty, storage for each rank's part is allocated, and rank 0
+        broadcasts the weights tensor by tensor; each rank keeps its shard of the sharded ones.
+        """
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        from rmu.hooks import decoder_layers
+        from rmu.models import empty_model, load_model, load_tokenizer
+
+        source, tokenizer = load_model(mcfg, seed, device=torch.device("cpu")) if self.main else (None, None)
+        tokenizer = tokenizer or load_tokenizer(mcfg)
+        model = empty_model(mcfg, tokenizer)
 
         mesh = init_device_mesh(self.device.type, (self.size,))
         offload = CPUOffloadPolicy() if self.offload_params else OffloadPolicy()
-        sharded = [layer for i, layer in enumerate(layers) if i not in keep]
+        sharded = [layer for i, layer in enumerate(decoder_layers(model)) if i not in keep]
         for layer in sharded:
             fully_shard(layer, mesh=mesh, reshard_after_forward=self.reshard_after_forward, offload_policy=offload)
+        # Allocate this rank's storage: its shards (on the CPU when offloading; FSDP's own
+        # to_empty keeps its bookkeeping) and everything outside the sharded layers whole.
+        for layer in sharded:
+            layer.to_empty(device=torch.device("cpu") if self.offload_params else self.device)
         inside = {id(m) for layer in sharded for m in layer.modules()}
         for module in model.modules():
             if id(module) not in inside:
-                module._apply(lambda t: t.to(self.device), recurse=False)
-        return len(sharded)
+                module.to_empty(device=self.device, recurse=False)
+        model.tie_weights()  # to_empty gave tied embeddings separate storage; make them one again
+
+        # Buffers too: rotary inverse frequencies are not in the state dict but are computed in __init__.
+        own = list(model.named_parameters()) + list(model.named_buffers())
+        full = dict(source.named_parameters(remove_duplicate=False)) | dict(source.named_buffers()) if self.main else {}
+        with torch.no_grad():
+            for name, tensor in own:
+                # size(): the whole tensor's shape, also for a shard
+                whole = full[name].to(self.device) if self.main else torch.empty(tensor.size(), dtype=tensor.dtype,
+                                                                                device=self.device)
+                dist.broadcast(whole, src=0)
+                if isinstance(tensor, DTensor):
+                    shard = distribute_tensor(whole, tensor.device_mesh, tensor.placements, src_data_rank=None)
+                    tensor.to_local().copy_(shard.to_local())
+                else:
+                    tensor.copy_(whole)
+        del source, full
+        return model.train(), tokenizer, len(sharded)
 
     @staticmethod
     def local_parameter_mib(model) -> float:

@@ -142,6 +142,23 @@ def load_tokenizer(mcfg):
     return tok
 
 
+def empty_model(mcfg, tokenizer) -> nn.Module:
+    """The model `load_model` builds, on the meta device: its shapes and dtypes, no memory
+    and no weights (the FSDP ranks that receive their weights from rank 0)."""
+    from transformers import AutoModelForCausalLM
+
+    config = read_config(mcfg)
+    if mcfg.arch is not None:
+        config.vocab_size = len(tokenizer)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[mcfg.dtype],
+                                                 trust_remote_code=mcfg.trust_remote_code)
+    model.tie_weights()  # tied input and output embeddings stay one tensor, as from_pretrained makes them
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.train()
+
+
 def load_model(mcfg, seed: int, device: torch.device | None = None) -> tuple[nn.Module, object]:
     """(model, tokenizer), model in `mcfg.dtype` on `mcfg.device` (or `device`: a process's
     own GPU under data parallelism), in train mode."""

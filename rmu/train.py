@@ -27,7 +27,6 @@ from rmu.distributed import Ranks, ranks_from_slurm
 from rmu.eval import evaluate, format_table
 from rmu.export import ExportError, prepare, push
 from rmu.harness import run_harness
-from rmu.hooks import decoder_layers
 from rmu.losses import forget_loss, mean_token_cosine, mean_token_norm, random_directions, retain_loss
 from rmu.models import load_model
 from rmu.optim import Updater
@@ -130,13 +129,13 @@ def train(cfg: DictConfig) -> dict:
         check_fsdp(cfg)
     cfg.output_dir = ranks.same(str(cfg.output_dir))  # one folder, even if ranks started in different seconds
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model, cfg.seed, device=torch.device("cpu") if ranks.fsdp else
-                                  ranks.device if ranks.size > 1 else None)
     if ranks.fsdp:  # shard the layers a step does not train; the span stays whole on every rank
-        n = ranks.shard_frozen_layers(model, decoder_layers(model), range(min(plan.update_layers), plan.layer_id + 1))
+        model, tokenizer, n = ranks.load_sharded(cfg.model, cfg.seed, range(min(plan.update_layers), plan.layer_id + 1))
         if ranks.main:
             print(f"rmu: FSDP: {n} frozen decoder layers sharded over {ranks.size} processes; this rank holds "
                   f"{ranks.local_parameter_mib(model):.0f} MiB of parameters")
+    else:
+        model, tokenizer = load_model(cfg.model, cfg.seed, device=ranks.device if ranks.size > 1 else None)
     tokenizer.padding_side = cfg.data.padding_side
     device = ranks.device if ranks.fsdp else next(model.parameters()).device
 
