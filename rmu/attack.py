@@ -31,6 +31,7 @@ from rmu.data import DataError
 from rmu.eval import evaluate
 from rmu.probe import features, probe_features
 from rmu.relearn import finetune, qa_texts, split_half
+from rmu.sweep import in_sweep, job_output_dir
 
 ATTACKS = ("probe", "finetune", "ablate", "heldout_relearn")
 SETTINGS = {"probe": {"pooling", "train_fraction", "steps", "lr", "weight_decay"},
@@ -279,9 +280,12 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=CONF_DIR, config_name="attack", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    job_output_dir(cfg)  # in a -m sweep: <hydra.sweep.dir>/<job number> (rmu/sweep.py)
     try:
         run(cfg)
     except (ConfigError, DataError, FileNotFoundError) as e:
+        if in_sweep():  # Hydra records the failed job and runs the others
+            raise
         sys.exit(f"error: {e}")
 
 

@@ -112,3 +112,15 @@ def test_ablation_removes_a_planted_direction_and_restores_behaviour():
     assert abs(torch.dot(found[1][0], d)) > 0.9  # the attack finds the planted direction
     agree_broken, agree_fixed = (broken == ref).float().mean(), (fixed == ref).float().mean()
     assert agree_broken < 0.6 and agree_fixed > 0.8, (agree_broken, agree_fixed)
+
+
+def test_an_attack_sweep_writes_one_folder_per_job(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("rmu.train", *TINY, f"output_dir={run}").returncode == 0
+    sweep = tmp_path / "sweep"
+    proc = run_cli("rmu.attack", "-m", "attack=ablate", f"model.path={run}", *SMALL[:4],
+                   "attack.ablate.examples=4,8", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    norms = [json.loads((sweep / job / "results.json").read_text())["attacks"]["ablate"]["shift_norms"]
+             for job in ("0", "1")]
+    assert norms[0] != norms[1]  # each job ran its own setting (mean shift over 4 vs 8 texts)

@@ -169,3 +169,18 @@ def test_a_two_job_sweep_through_slurm_with_a_requeue(tmp_path, launcher):
     train(cfg)
     assert_same_weights(tmp_path / "one", sweep_dir / str(requeued), 1e-5)
     assert subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip() == ""
+
+
+def test_the_slurm_launcher_config_composes_onto_submitit():
+    from hydra import compose, initialize_config_dir
+
+    from rmu.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1, 1)
+    assert launcher.timeout_min == 240 and launcher.max_num_timeout == 0
+    assert [c._target_ for c in cfg.hydra.callbacks.values()] == ["rmu.sweep.SweepSummary"]
