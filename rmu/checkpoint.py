@@ -9,6 +9,7 @@ model where the user expects one. An existing non-empty folder is replaced only 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -17,6 +18,17 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
+
+
+def _usual_modes(folder: Path) -> None:
+    """mkdtemp makes the folder private (0700) and safetensors writes its files 0600; give them
+    the modes any new folder and file get, so colleagues on a shared cluster can read the
+    model when the umask lets them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 @contextmanager
@@ -30,6 +42,7 @@ def staged_output(final: str | Path, overwrite: bool):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _usual_modes(tmp)
     if final.exists() and any(final.iterdir()):
         if not overwrite:  # someone else wrote there while we trained
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,5 +1,8 @@
 """The output folder appears only when complete, and replaces nothing unless asked."""
 
+import os
+import stat
+
 import pytest
 
 from rmu.checkpoint import staged_output
@@ -39,3 +42,15 @@ def test_an_empty_existing_folder_is_used(tmp_path):
     with staged_output(final, overwrite=False) as tmp:
         (tmp / "x").write_text("x")
     assert (final / "x").is_file()
+
+
+def test_the_published_folder_has_the_mode_of_a_new_folder(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with staged_output(tmp_path / "run", overwrite=False) as tmp:
+            (tmp / "x").write_text("1")
+            (tmp / "x").chmod(0o600)  # as safetensors writes its files
+        assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o755
+        assert stat.S_IMODE((tmp_path / "run" / "x").stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
