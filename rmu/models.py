@@ -147,16 +147,25 @@ def empty_model(mcfg, tokenizer) -> nn.Module:
     and no weights (the FSDP ranks that receive their weights from rank 0)."""
     from transformers import AutoModelForCausalLM
 
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(_config(mcfg, tokenizer), dtype=DTYPES[mcfg.dtype],
+                                                 trust_remote_code=mcfg.trust_remote_code)
+    model.tie_weights()  # tied input and output embeddings stay one tensor, as from_pretrained makes them
+    return _with_pad_id(model, tokenizer).train()
+
+
+def _config(mcfg, tokenizer):
+    """The model's config; a random architecture (`arch`) gets the tokenizer's vocabulary size."""
     config = read_config(mcfg)
     if mcfg.arch is not None:
         config.vocab_size = len(tokenizer)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[mcfg.dtype],
-                                                 trust_remote_code=mcfg.trust_remote_code)
-    model.tie_weights()  # tied input and output embeddings stay one tensor, as from_pretrained makes them
+    return config
+
+
+def _with_pad_id(model: nn.Module, tokenizer) -> nn.Module:
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model.train()
+    return model
 
 
 def load_model(mcfg, seed: int, device: torch.device | None = None) -> tuple[nn.Module, object]:
@@ -167,14 +176,10 @@ def load_model(mcfg, seed: int, device: torch.device | None = None) -> tuple[nn.
     tokenizer = load_tokenizer(mcfg)
     dtype = DTYPES[mcfg.dtype]
     if mcfg.arch is not None:
-        config = read_config(mcfg)
-        config.vocab_size = len(tokenizer)
         torch.manual_seed(seed)  # the random init is part of the run's seed
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(_config(mcfg, tokenizer), dtype=dtype)
     else:
         source, revision = _weights_source(mcfg)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, revision=revision,
                                                      trust_remote_code=mcfg.trust_remote_code)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model.to(device or resolve_device(mcfg.device)).train(), tokenizer
+    return _with_pad_id(model, tokenizer).to(device or resolve_device(mcfg.device)).train(), tokenizer

@@ -219,19 +219,18 @@ def train(cfg: DictConfig) -> dict:
     finally:
         preemption.restore()
     t_train = time.perf_counter()
-    weights = None  # what save_run writes: the model's own state dict, or under FSDP the gathered one
-    if ranks.fsdp:  # every rank joins the eval forwards and the gather; rank 0 writes
+    unlearned = {}
+    if ranks.main or ranks.fsdp:  # as before training: under FSDP every rank joins the eval forwards
         unlearned = evaluate(model, tokenizer, plan.eval_sets, cfg.eval.batch_size)
-        weights = ranks.full_state_dict(model)
-    if not ranks.main:  # rank 0 evaluates and writes
+    # What save_run writes: the model's own state dict, or under FSDP the one gathered from all ranks.
+    weights = ranks.full_state_dict(model) if ranks.fsdp else None
+    if not ranks.main:  # rank 0 writes
         ranks.barrier()
         return {}
 
     with staged_output(cfg.output_dir, cfg.overwrite) as out:
         with open(out / "metrics.jsonl", "w") as log:
             log.writelines(json.dumps(r) + "\n" for r in rows)
-        if not ranks.fsdp:
-            unlearned = evaluate(model, tokenizer, plan.eval_sets, cfg.eval.batch_size)
         if cfg.harness.tasks:
             harness["unlearned"] = run_harness(model, tokenizer, cfg.harness, str(cfg.output_dir), None)
         t_eval1 = time.perf_counter()
