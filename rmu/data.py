@@ -18,12 +18,10 @@ from pathlib import Path
 
 import torch
 
+from rmu.errors import DataError
+
 BUNDLED_DIR = Path(__file__).parent / "corpora"
 CORPUS_KEYS = {"name", "path", "dataset", "subset", "split", "field", "max_length"}
-
-
-class DataError(ValueError):
-    """A corpus or multiple-choice file that is missing, empty or malformed."""
 
 
 @dataclass

@@ -15,15 +15,11 @@ That is exactly the gradient of the full batch on one process, so N processes wi
 batch b end where one process with batch N·b does. The control vectors come from a
 seeded generator and are the same on every rank; only rank 0 evaluates, logs and writes.
 
-FSDP, for models that do not fit one GPU (`accelerate launch --config_file
-experiments/accelerate/fsdp.yaml`, which sets ACCELERATE_USE_FSDP): the decoder layers an
-RMU step never trains — those below the first updated layer, which only run forward
-without autograd, and those above ℓ, which never run in training — are sharded over the
-ranks with torch's FSDP2 (`fully_shard`); each is gathered for its forward and freed
-after it. The span first..ℓ (trained, and run a second time with the original values for
-the frozen pass) and the embeddings, final norm and head stay whole on every rank, so the
-step, its frozen pass and the gradient sum are the same as in plain data parallel. Every
-rank joins the evaluation forwards and the gather of the full weights for the checkpoint.
+Decisions that end a run are taken by all ranks together, so that no rank waits forever
+in a collective for one that has stopped: the non-finite-loss check reads losses summed
+over ranks (the same number everywhere), SIGTERM is reduced into one flag, and what only
+rank 0 does (evaluate, write) goes through `on_main`, which hands its failure to every
+rank. FSDP loading is in rmu/fsdp.py.
 """
 
 from __future__ import annotations
@@ -32,6 +28,8 @@ import os
 
 import torch
 import torch.distributed as dist
+
+from rmu.errors import RankFailed
 
 
 def ranks_from_slurm() -> None:
@@ -90,72 +88,6 @@ class Ranks:
             for p in params:
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
-    def load_sharded(self, mcfg, seed: int, keep: range):
-        """FSDP: (model, tokenizer) with the decoder layers outside `keep` sharded over the
-        ranks and everything else whole on this rank's device.
-
-        Only rank 0 reads the checkpoint (into CPU memory); the other ranks build the model on
-        the meta device, so a node holds one CPU copy, not one per process. The model is
-        sharded while still empty, storage for each rank's part is allocated, and rank 0
-        broadcasts the weights tensor by tensor; each rank keeps its shard of the sharded ones.
-        """
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
-        from torch.distributed.tensor import DTensor, distribute_tensor
-
-        from rmu.hooks import decoder_layers
-        from rmu.models import empty_model, load_model, load_tokenizer
-
-        source, tokenizer = load_model(mcfg, seed, device=torch.device("cpu")) if self.main else (None, None)
-        tokenizer = tokenizer or load_tokenizer(mcfg)
-        model = empty_model(mcfg, tokenizer)
-
-        mesh = init_device_mesh(self.device.type, (self.size,))
-        offload = CPUOffloadPolicy() if self.offload_params else OffloadPolicy()
-        sharded = [layer for i, layer in enumerate(decoder_layers(model)) if i not in keep]
-        for layer in sharded:
-            fully_shard(layer, mesh=mesh, reshard_after_forward=self.reshard_after_forward, offload_policy=offload)
-        # Allocate this rank's storage: its shards (on the CPU when offloading; FSDP's own
-        # to_empty keeps its bookkeeping) and everything outside the sharded layers whole.
-        for layer in sharded:
-            layer.to_empty(device=torch.device("cpu") if self.offload_params else self.device)
-        inside = {id(m) for layer in sharded for m in layer.modules()}
-        for module in model.modules():
-            if id(module) not in inside:
-                module.to_empty(device=self.device, recurse=False)
-        model.tie_weights()  # to_empty gave tied embeddings separate storage; make them one again
-
-        # Buffers too: rotary inverse frequencies are not in the state dict but are computed in __init__.
-        own = list(model.named_parameters()) + list(model.named_buffers())
-        full = dict(source.named_parameters(remove_duplicate=False)) | dict(source.named_buffers()) if self.main else {}
-        with torch.no_grad():
-            for name, tensor in own:
-                # size(): the whole tensor's shape, also for a shard
-                whole = full[name].to(self.device) if self.main else torch.empty(tensor.size(), dtype=tensor.dtype,
-                                                                                device=self.device)
-                dist.broadcast(whole, src=0)
-                if isinstance(tensor, DTensor):
-                    shard = distribute_tensor(whole, tensor.device_mesh, tensor.placements, src_data_rank=None)
-                    tensor.to_local().copy_(shard.to_local())
-                else:
-                    tensor.copy_(whole)
-        del source, full
-        return model.train(), tokenizer, len(sharded)
-
-    @staticmethod
-    def local_parameter_mib(model) -> float:
-        """Parameter memory this rank holds (a sharded tensor counts its own shard only)."""
-        from torch.distributed.tensor import DTensor
-
-        local = (p.to_local() if isinstance(p, DTensor) else p for p in model.parameters())
-        return sum(t.numel() * t.element_size() for t in local) / 2 ** 20
-
-    def full_state_dict(self, model) -> dict:
-        """Every rank joins; rank 0 gets the whole model's weights on the CPU (others: {})."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
     def same(self, value):
         """Rank 0's value on every rank (e.g. an output_dir with a timestamp in it)."""
         if self.size == 1:
@@ -164,6 +96,29 @@ class Ranks:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def barrier(self) -> None:
-        if self.size > 1:
-            dist.barrier()
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is True on at least one (one all_reduce)."""
+        if self.size == 1:
+            return flag
+        return self.total(torch.tensor(float(flag), device=self.device)).item() > 0
+
+    def print(self, *args, **kwargs) -> None:
+        if self.main:
+            print(*args, **kwargs)
+
+    def on_main(self, fn):
+        """`fn()` on rank 0 only; its result there, None elsewhere. If it raises, rank 0
+        re-raises and every other rank raises RankFailed with the same message, instead of
+        waiting at the next collective for a rank that is gone."""
+        result, error = None, None
+        if self.main:
+            try:
+                result = fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the other ranks, then re-raised
+                error = e
+        message = self.same(None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        if message is not None:
+            raise RankFailed(f"rank 0 failed, so this rank stops too: {message}")
+        return result

@@ -17,7 +17,6 @@ the built-in sets.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import hydra
@@ -25,8 +24,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from rmu.config import CONF_DIR, ConfigError, check_eval, check_harness, check_keys, check_model, load_eval_sets
-from rmu.data import DataError, MCQItem
+from rmu.checks import check_eval, check_harness, check_model, check_schema
+from rmu.cli import run_command
+from rmu.data import MCQItem
+from rmu.harness import run_harness
+from rmu.models import load_model
+from rmu.plan import load_eval_sets, look_up_harness_tasks, read_model_config
+from rmu.schema import CONF_DIR
 
 
 def prompt(item: MCQItem) -> str:
@@ -104,29 +108,22 @@ def evaluate(model, tokenizer, sets: list[tuple[str, str, list[MCQItem]]], batch
     return {name: score_set(model, tokenizer, items, batch_size) for name, _, items in sets}
 
 
-def format_table(rows: dict) -> str:
-    """rows: {set: {"role", "base": scores, "unlearned": scores}} (train) or {set: scores} (eval)."""
-    if all("base" in r for r in rows.values()):
-        lines = [f"{'set':<10} {'role':<7} {'n':>4} {'chance':>7} {'base acc':>9} {'unlearned acc':>14} "
-                 f"{'base acc_norm':>14} {'unlearned acc_norm':>19}"]
-        for name, r in rows.items():
-            b, u = r["base"], r["unlearned"]
-            lines.append(f"{name:<10} {r['role']:<7} {b['n']:>4} {b['chance']:>7.3f} {b['acc']:>9.3f} {u['acc']:>14.3f} "
-                         f"{b['acc_norm']:>14.3f} {u['acc_norm']:>19.3f}")
-    else:
-        lines = [f"{'set':<10} {'n':>4} {'chance':>7} {'acc':>7} {'acc_norm':>9}"]
-        for name, r in rows.items():
-            lines.append(f"{name:<10} {r['n']:>4} {r['chance']:>7.3f} {r['acc']:>7.3f} {r['acc_norm']:>9.3f}")
+def format_table(scores: dict) -> str:
+    """One model's scores per set (before/after tables of a run: RunResults.table)."""
+    lines = [f"{'set':<10} {'n':>4} {'chance':>7} {'acc':>7} {'acc_norm':>9}"]
+    for name, r in scores.items():
+        lines.append(f"{name:<10} {r['n']:>4} {r['chance']:>7.3f} {r['acc']:>7.3f} {r['acc_norm']:>9.3f}")
     return "\n".join(lines)
 
 
 def run(cfg: DictConfig) -> dict:
-    check_keys(cfg, "eval_cli", "")
+    check_schema(cfg)
     check_model(cfg.model)
     check_eval(cfg.eval)
     check_harness(cfg.harness)
     sets = load_eval_sets(cfg.eval)
-    from rmu.models import load_model
+    look_up_harness_tasks(cfg.harness)
+    read_model_config(cfg.model, "model")
 
     model, tokenizer = load_model(cfg.model, cfg.seed)
     print(f"model: {cfg.model.path}")
@@ -135,8 +132,6 @@ def run(cfg: DictConfig) -> dict:
         report["results"] = evaluate(model, tokenizer, sets, cfg.eval.batch_size)
         print(format_table(report["results"]))
     if cfg.harness.tasks:
-        from rmu.harness import run_harness
-
         harness = run_harness(model, tokenizer, cfg.harness, cfg.model.path, cfg.model.revision)
         print(harness.pop("table"))
         report["harness"] = harness
@@ -146,11 +141,8 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (ConfigError, DataError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+def main(cfg: DictConfig) -> dict | None:
+    return run_command(run, cfg)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ HF_TOKEN or a saved login and is never printed, logged or written.
 
 from __future__ import annotations
 
-import json
 import shutil
-import sys
 from pathlib import Path
 
 import hydra
@@ -24,37 +22,38 @@ import yaml
 from omegaconf import DictConfig
 
 from rmu.checkpoint import staged_output
-from rmu.config import CONF_DIR, ConfigError, check_export_target, check_keys, check_output_dir, fail, is_repo_id
+from rmu.checks import check_export_target, check_schema, fail, is_repo_id
+from rmu.cli import run_command
+from rmu.errors import ExportError
+from rmu.plan import check_output_dir
+from rmu.results import RunResults
+from rmu.schema import CONF_DIR
 
 # lm-eval tasks whose data lives on the Hub: (dataset id, config) for the model-index.
 HARNESS_DATASETS = {"wmdp_bio": ("cais/wmdp", "wmdp-bio"), "wmdp_cyber": ("cais/wmdp", "wmdp-cyber"),
                     "wmdp_chem": ("cais/wmdp", "wmdp-chem"), "mmlu": ("cais/mmlu", "all")}
 
 
-class ExportError(RuntimeError):
-    """The upload failed; the prepared folder is left as it is."""
-
-
-def _read_run(checkpoint: Path) -> tuple[dict, dict]:
+def _read_run(checkpoint: Path) -> tuple[dict, RunResults]:
     for name in ("rmu_config.yaml", "results.json"):
         if not (checkpoint / name).is_file():
             fail("checkpoint", str(checkpoint), f"is not a run folder written by rmu.train (no {name})")
     if not (checkpoint / "config.json").is_file() and not (checkpoint / "adapter_config.json").is_file():
         fail("checkpoint", str(checkpoint), "holds neither a model (config.json) nor an adapter (adapter_config.json)")
-    return yaml.safe_load((checkpoint / "rmu_config.yaml").read_text()), json.loads((checkpoint / "results.json").read_text())
+    return yaml.safe_load((checkpoint / "rmu_config.yaml").read_text()), RunResults.read(checkpoint)
 
 
-def _eval_results(results: dict):
+def _eval_results(results: RunResults):
     from huggingface_hub import EvalResult
 
     rows = []
-    for name, r in results.get("eval", {}).items():
+    for name, r in results.eval.items():
         for metric in ("acc", "acc_norm"):
             rows.append(EvalResult(task_type="multiple-choice", dataset_type=f"rmu-bundled/{name}",
                                    dataset_name=f"rmu bundled {name} ({r['role']} set)", metric_type=metric,
                                    metric_name=f"{metric} (unlearned; base {r['base'][metric]:.3f})",
                                    metric_value=round(r["unlearned"][metric], 4)))
-    for task, metrics in results.get("harness", {}).get("unlearned", {}).items():
+    for task, metrics in (results.harness or {}).get("unlearned", {}).items():
         dataset, config = HARNESS_DATASETS.get(task, (f"lm-eval/{task}", None))
         for metric in ("acc", "acc_norm"):
             if metric in metrics:
@@ -64,27 +63,18 @@ def _eval_results(results: dict):
     return rows
 
 
-def _table(results: dict) -> str:
-    if not results.get("eval") and not results.get("harness"):
+def _table(results: RunResults) -> str:
+    table = results.table(markdown=True)
+    if not table:
         return "No evaluation was run with this training run (`eval=none`)."
-    lines = ["| set | role | items | chance | base acc | unlearned acc | base acc_norm | unlearned acc_norm |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, r in results.get("eval", {}).items():
-        b, u = r["base"], r["unlearned"]
-        lines.append(f"| {name} | {r['role']} | {b['n']} | {b['chance']:.3f} | {b['acc']:.3f} | {u['acc']:.3f} | "
-                     f"{b['acc_norm']:.3f} | {u['acc_norm']:.3f} |")
-    harness = results.get("harness")
+    harness = results.harness
     if harness:
-        lines += ["", f"lm-evaluation-harness {harness['setup'].get('lm_eval_version')}, "
-                      f"{harness['setup'].get('num_fewshot')}-shot:", "",
-                  "| task | base acc | unlearned acc |", "|---|---|---|"]
-        for task, m in harness.get("unlearned", {}).items():
-            base = harness.get("base", {}).get(task, {}).get("acc")
-            lines.append(f"| {task} | {base if base is None else f'{base:.3f}'} | {m.get('acc', float('nan')):.3f} |")
-    return "\n".join(lines)
+        table += (f"\n\nlm-eval rows: lm-evaluation-harness {harness['setup'].get('lm_eval_version')}, "
+                  f"{harness['setup'].get('num_fewshot')}-shot.")
+    return table
 
 
-def model_card(run_cfg: dict, results: dict, repo_id: str, adapter: bool):
+def model_card(run_cfg: dict, results: RunResults, repo_id: str, adapter: bool):
     """The README.md of the Hub folder: metadata and a text stating how the model was made."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -93,7 +83,7 @@ def model_card(run_cfg: dict, results: dict, repo_id: str, adapter: bool):
     origin = f"{m['name']} (randomly initialised)" if m.get("arch") else base_model or m["path"]
     corpora = run_cfg["data"]["forget"] + run_cfg["data"]["retain"]
     datasets = sorted({c["dataset"] for c in corpora if c.get("dataset") and is_repo_id(c["dataset"])})
-    datasets += sorted({HARNESS_DATASETS[t][0] for t in results.get("harness", {}).get("unlearned", {})
+    datasets += sorted({HARNESS_DATASETS[t][0] for t in (results.harness or {}).get("unlearned", {})
                         if t in HARNESS_DATASETS} - set(datasets))
     data = ModelCardData(base_model=base_model, library_name="peft" if adapter else "transformers",
                          tags=["unlearning", "rmu", "wmdp"] + (["lora"] if adapter else []),
@@ -101,12 +91,12 @@ def model_card(run_cfg: dict, results: dict, repo_id: str, adapter: bool):
                          eval_results=_eval_results(results) or None)
     adapter_cfg = run_cfg.get("adapter")
     how = (f"LoRA adapters (r = {adapter_cfg['r']}, alpha = {adapter_cfg['alpha']}) on "
-           f"{adapter_cfg['target_modules']} of layers {results['update_layers']}"
-           if adapter_cfg else ", ".join(f"`{n}`" for n in results["updated_parameters"]))
+           f"{adapter_cfg['target_modules']} of layers {results.update_layers}"
+           if adapter_cfg else ", ".join(f"`{n}`" for n in results.updated_parameters))
     load = (f'from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")'
             if adapter else
             f'from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained("{repo_id}")')
-    coeffs = ", ".join(f"{topic}: {c:.4g}" for topic, c in zip(results["topics"], results["steering_coeff"]))
+    coeffs = ", ".join(f"{topic}: {c:.4g}" for topic, c in zip(results.topics, results.steering_coeff))
     text = f"""---
 {data.to_yaml()}
 ---
@@ -115,7 +105,7 @@ def model_card(run_cfg: dict, results: dict, repo_id: str, adapter: bool):
 
 {origin} after RMU unlearning (Representation Misdirection for Unlearning,
 Li et al. 2024, "The WMDP Benchmark"), made with the `rmu` trainer, for the
-forget topics {', '.join(results['topics'])}. RMU pushes the activations of one decoder
+forget topics {', '.join(results.topics)}. RMU pushes the activations of one decoder
 layer on forget-topic text toward a fixed random direction and keeps them unchanged on
 retain text; it is meant to remove the knowledge, not to refuse. Check the robustness
 of the removal before relying on it.
@@ -125,13 +115,13 @@ of the removal before relying on it.
 | setting | value |
 |---|---|
 | base model | {origin}{f' (loaded from {m["path"]})' if m['path'] != origin and not m.get('arch') else ''} |
-| hooked layer ℓ | {results['layer_id']} |
+| hooked layer ℓ | {results.layer_id} |
 | updated | {how} |
 | steering coefficients c | {coeffs} ({'auto: β = ' + str(r['auto_beta']) + ' × mean activation norm' if r['steering_coeff'] == 'auto' else 'fixed'}) |
-| retain weight α | {', '.join(f'{a:g}' for a in results['alpha'])} |
+| retain weight α | {', '.join(f'{a:g}' for a in results.alpha)} |
 | padding mask in the losses | {r['mask_padding']} |
 | optimizer | AdamW, lr {o['lr']}, weight decay {o['weight_decay']}, eps {o['eps']} |
-| steps × batch | {results['steps']} × {t['batch_size']} |
+| steps × batch | {results.steps} × {t['batch_size']} |
 | dtype | {m['dtype']} |
 | seed | {run_cfg['seed']} |
 | forget corpora | {', '.join(c['name'] for c in run_cfg['data']['forget'])} |
@@ -189,7 +179,7 @@ def push(folder: Path, repo_id: str, private: bool) -> str:
 
 
 def run(cfg: DictConfig) -> Path:
-    check_keys(cfg, "export_cli", "")
+    check_schema(cfg)
     if not cfg.checkpoint:
         fail("checkpoint", cfg.checkpoint, "required: the run folder written by rmu.train")
     check_export_target(cfg, "")
@@ -201,11 +191,8 @@ def run(cfg: DictConfig) -> Path:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (ConfigError, ExportError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+def main(cfg: DictConfig) -> Path | None:
+    return run_command(run, cfg)
 
 
 if __name__ == "__main__":

@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from rmu.cli import run_command
+from rmu.errors import ConfigError
+from rmu.results import RunResults
 
 
 def _rows(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def plot(folder: Path, rows: list[dict], results: dict) -> Path:
+def plot(folder: Path, rows: list[dict], results: RunResults) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    evals = results.get("eval", {})
+    evals = results.eval
     fig, axes = plt.subplots(1, 3 if evals else 2, figsize=(15 if evals else 10, 4.2))
-    topics = results["topics"]
+    topics = results.topics
     for topic in topics:
         mine = [r for r in rows if r["topic"] == topic]
         axes[0].plot([r["step"] for r in mine], [r["forget_loss"] for r in mine], label=f"forget: {topic}")
@@ -49,7 +52,7 @@ def plot(folder: Path, rows: list[dict], results: dict) -> Path:
         ax.set_xticks(list(x), [f"{n}\n({evals[n]['role']})" for n in names])
         ax.set(title="accuracy (acc)", ylim=(0, 1))
         ax.legend(fontsize=8)
-    fig.suptitle(f"RMU on {results['model']}: hooked layer {results['layer_id']}, {results['steps']} steps")
+    fig.suptitle(f"RMU on {results.model}: hooked layer {results.layer_id}, {results.steps} steps")
     fig.tight_layout()
     out = folder / "report.png"
     fig.savefig(out, dpi=110)
@@ -57,23 +60,20 @@ def plot(folder: Path, rows: list[dict], results: dict) -> Path:
     return out
 
 
-def summary(rows: list[dict], results: dict) -> str:
-    lines = [f"# RMU run: {results['model']}", "",
-             f"- hooked layer {results['layer_id']}, updated {', '.join(results['updated_parameters'])}",
-             f"- topics {', '.join(results['topics'])}, steering coefficients "
-             f"{', '.join(f'{c:.4g}' for c in results['steering_coeff'])}, α {', '.join(f'{a:g}' for a in results['alpha'])}",
-             f"- {results['steps']} steps in {results['seconds']['train']:.1f} s"]
-    for topic in results["topics"]:
+def summary(rows: list[dict], results: RunResults) -> str:
+    lines = [f"# RMU run: {results.model}", "",
+             f"- hooked layer {results.layer_id}, updated {', '.join(results.updated_parameters)}",
+             f"- topics {', '.join(results.topics)}, steering coefficients "
+             f"{', '.join(f'{c:.4g}' for c in results.steering_coeff)}, α {', '.join(f'{a:g}' for a in results.alpha)}",
+             f"- {results.steps} steps in {results.seconds['train']:.1f} s"]
+    for topic in results.topics:
         mine = [r for r in rows if r["topic"] == topic]
         lines.append(f"- {topic}: forget loss {mine[0]['forget_loss']:.4g} → {mine[-1]['forget_loss']:.4g}, "
                      f"retain loss at the end {mine[-1]['retain_loss']:.3g}, cosine of retain activations to the "
                      f"frozen model's {mine[-1]['retain_cos_frozen']:.4f}")
-    evals = results.get("eval", {})
-    if evals:
-        lines += ["", "| set | role | chance | base acc | unlearned acc | change |", "|---|---|---|---|---|---|"]
-        for name, r in evals.items():
-            b, u = r["base"]["acc"], r["unlearned"]["acc"]
-            lines.append(f"| {name} | {r['role']} | {r['base']['chance']:.3f} | {b:.3f} | {u:.3f} | {u - b:+.3f} |")
+    table = results.table(markdown=True)
+    if table:
+        lines += ["", table]
     lines += ["", "![losses and accuracy](report.png)", ""]
     return "\n".join(lines)
 
@@ -82,8 +82,8 @@ def write_report(folder: str | Path) -> tuple[Path, Path]:
     folder = Path(folder)
     for name in ("metrics.jsonl", "results.json"):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder} is not a run folder written by rmu.train (no {name})")
-    rows, results = _rows(folder), json.loads((folder / "results.json").read_text())
+            raise ConfigError(f"{folder} is not a run folder written by rmu.train (no {name})")
+    rows, results = _rows(folder), RunResults.read(folder)
     png = plot(folder, rows, results)
     md = folder / "report.md"
     md.write_text(summary(rows, results))
@@ -93,11 +93,11 @@ def write_report(folder: str | Path) -> tuple[Path, Path]:
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m rmu.report", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="a folder written by python -m rmu.train")
-    args = p.parse_args(argv)
-    try:
-        png, md = write_report(args.run_dir)
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    run_command(run, p.parse_args(argv))
+
+
+def run(args) -> None:
+    png, md = write_report(args.run_dir)
     print(f"report: wrote {png} and {md}")
 
 

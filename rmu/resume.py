@@ -22,12 +22,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from rmu.errors import ResumeError
+
 # Keys that may differ between the interrupted and the resumed run.
 _FREE = {"trainer": {"progress", "save_every"}, "": {"overwrite"}}
-
-
-class ResumeError(RuntimeError):
-    """A resume state exists but belongs to another config."""
 
 
 def fingerprint(cfg) -> str:

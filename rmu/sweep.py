@@ -34,6 +34,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from rmu.results import RunResults
+
 
 def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -48,19 +50,14 @@ def job_output_dir(cfg: DictConfig) -> None:
         cfg.output_dir = hc.runtime.output_dir  # <hydra.sweep.dir>/<hydra.sweep.subdir>
 
 
-def _mean_acc(evals: dict, role: str) -> float | None:
-    accs = [e["unlearned"]["acc"] for e in evals.values() if e["role"] == role]
-    return sum(accs) / len(accs) if accs else None
-
-
 def job_record(num: int, overrides: list[str], status: str, result, seconds: float, output_dir: str | None) -> dict:
     """What the summary shows of one job; `result` is train()'s return value or the exception."""
     record = {"job": num, "overrides": overrides, "status": status, "seconds": round(seconds, 1),
               "output_dir": output_dir, "forget_acc": None, "retain_acc": None, "error": None}
-    if status == "completed" and isinstance(result, dict) and "eval" in result:
-        record["forget_acc"] = _mean_acc(result["eval"], "forget")
-        record["retain_acc"] = _mean_acc(result["eval"], "retain")
-        record["seconds"] = round(result["seconds"]["total"], 1)
+    if status == "completed" and isinstance(result, RunResults):
+        record["forget_acc"] = result.mean_unlearned_acc("forget")
+        record["retain_acc"] = result.mean_unlearned_acc("retain")
+        record["seconds"] = round(result.seconds["total"], 1)
     elif status != "completed":
         record["error"] = f"{type(result).__name__}: {result}".splitlines()[0][:300]
     return record
@@ -136,8 +133,8 @@ class SweepSummary(Callback):
         if job_dir.is_dir() and not any(job_dir.iterdir()):
             job_dir.rmdir()  # Hydra made it; a failed job, or one with its own output_dir, leaves none behind
         output_dir = config.get("output_dir")
-        if status == "completed" and isinstance(result, dict) and result.get("output_dir"):
-            output_dir = result["output_dir"]
+        if status == "completed" and isinstance(result, RunResults):
+            output_dir = result.output_dir
         record = job_record(num, list(job_return.overrides or []), status, result,
                             time.perf_counter() - self.started, output_dir)
         (sweep_dir / ".jobs").mkdir(parents=True, exist_ok=True)

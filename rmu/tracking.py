@@ -12,6 +12,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from rmu.results import COLUMNS, RunResults
+
 
 class Tracker:
     """A wandb run on the main process when `logger=wandb`; otherwise every call does nothing."""
@@ -31,21 +33,20 @@ class Tracker:
             self.run.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"},
                          step=record["step"])
 
-    def finish(self, results: dict, output_dir: str) -> None:
+    def finish(self, results: RunResults) -> None:
         if self.run is None:
             return
         import wandb
 
         rows = [[name, r["role"], r["base"]["acc"], r["unlearned"]["acc"], r["base"]["acc_norm"],
-                 r["unlearned"]["acc_norm"]] for name, r in results.get("eval", {}).items()]
+                 r["unlearned"]["acc_norm"]] for name, r in results.eval.items()]
         if rows:
-            self.run.log({"eval": wandb.Table(columns=["set", "role", "base acc", "unlearned acc", "base acc_norm",
-                                                       "unlearned acc_norm"], data=rows)})
-        for name, r in results.get("eval", {}).items():
+            self.run.log({"eval": wandb.Table(columns=list(COLUMNS[:2] + COLUMNS[4:]), data=rows)})
+        for name, r in results.eval.items():
             self.run.summary[f"eval/{name}/base_acc"] = r["base"]["acc"]
             self.run.summary[f"eval/{name}/unlearned_acc"] = r["unlearned"]["acc"]
-        self.run.summary["checkpoint"] = str(Path(output_dir).absolute())
-        self.run.summary["steering_coeff"] = results["steering_coeff"]
+        self.run.summary["checkpoint"] = str(Path(results.output_dir).absolute())
+        self.run.summary["steering_coeff"] = results.steering_coeff
         self.run.finish()
 
     def abort(self) -> None:

@@ -1,5 +1,5 @@
-"""RMU the way the public WMDP code does it, written plainly: the baseline for `make bench`
-and for the equivalence tests (tests/test_step_equivalence.py).
+"""Test oracles: RMU the way the public WMDP code does it, written plainly (the baseline
+of the equivalence tests and of `make bench`), and a layer's output read the plain way.
 
 What makes it the reference, on purpose:
 - two full models in memory, the updated one and a frozen one;
@@ -19,6 +19,28 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from rmu.hooks import StopForward, decoder_layers
+
+
+def layer_output(model, layer_id: int, batch: dict, stop: bool = True) -> torch.Tensor:
+    """Hidden state after decoder layer `layer_id`, shape (B, T, D), from a forward hook on
+    an ordinary forward pass (ended right after the layer when `stop`)."""
+    store = {}
+
+    def hook(module, args, output):
+        store["h"] = output[0] if isinstance(output, tuple) else output
+        if stop:
+            raise StopForward
+
+    handle = decoder_layers(model)[layer_id].register_forward_hook(hook)
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+    return store["h"]
 
 
 class ReferenceRMU:

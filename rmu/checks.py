@@ -1,0 +1,325 @@
+"""Checks of config values alone: no file is read, no network, no model.
+
+Every failure names the key, the bad value and what is allowed. rmu/plan.py runs these
+first, then the checks that need files (corpora, the model's layout, the output folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from rmu.errors import ConfigError
+from rmu.models import DTYPES
+
+ATTACKS = ("probe", "finetune", "ablate", "heldout_relearn")
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def fail(key: str, value, allowed: str):
+    raise ConfigError(f"{key}={value!r}: {allowed}")
+
+
+def plain(node):
+    """A config node as plain Python values (lists and dicts), anything else as it is."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def is_repo_id(value) -> bool:
+    """<owner>/<name> as the Hub allows it (no local paths, no ./ or ../)."""
+    return isinstance(value, str) and REPO_ID.fullmatch(value) is not None and ".." not in value
+
+
+def default_update_layers(layer_id: int) -> list[int]:
+    """`rmu.update_layers: null`: the hooked layer and the two below it, as in the paper."""
+    return list(range(max(0, layer_id - 2), layer_id + 1))
+
+
+def check_schema(cfg: DictConfig) -> None:
+    """Keys the schema (rmu/schema.py) does not define, added with `+key=value`, and values
+    the YAML should have given and did not."""
+    _unknown_keys(cfg, "")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]}: no value set (every key of the chosen config files needs one)")
+
+
+def _unknown_keys(node, where: str) -> None:
+    if not isinstance(node, (DictConfig, ListConfig)) or node._is_none() or node._is_missing():
+        return
+    if isinstance(node, ListConfig):
+        for i in range(len(node)):
+            _unknown_keys(node._get_node(i), f"{where}[{i}]")
+        return
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return  # a free-form mapping such as model.arch
+    allowed = {f.name for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        full = f"{where}.{key}" if where else str(key)
+        if key not in allowed:
+            raise ConfigError(f"unknown config key {full!r}; allowed under {where or 'the top level'}: "
+                              f"{', '.join(sorted(allowed))}")
+        _unknown_keys(node._get_node(key), full)
+
+
+def check_int(key, v, lo=None, hi=None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        fail(key, v, f"must be an integer {rng}")
+    return v
+
+
+def check_num(key, v, positive=False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (positive and v == 0):
+        fail(key, v, f"must be a finite number {'> 0' if positive else '>= 0'}")
+    return float(v)
+
+
+def check_list(key, v, allowed=None, kind=None) -> list:
+    """A non-empty list; items from `allowed`, or integers >= 1 (`int`) or numbers > 0 (`num`)."""
+    v = plain(v)
+    if not isinstance(v, list) or not v:
+        fail(key, v, "must be a non-empty list")
+    for i, x in enumerate(v):
+        if allowed is not None and x not in allowed:
+            fail(f"{key}[{i}]", x, f"allowed: {', '.join(allowed)}")
+        if kind == "int":
+            check_int(f"{key}[{i}]", x, 1)
+        if kind == "num":
+            check_num(f"{key}[{i}]", x, positive=True)
+    return v
+
+
+def per_topic(key, v, n, positive) -> list[float]:
+    """A number broadcast to all topics, or a list with one number per topic."""
+    v = plain(v)
+    if isinstance(v, list):
+        if len(v) != n:
+            fail(key, v, f"needs one value per forget topic: {n} values (or a single number), got {len(v)}")
+        return [check_num(f"{key}[{i}]", x, positive) for i, x in enumerate(v)]
+    return [check_num(key, v, positive)] * n
+
+
+def check_model(m, key: str = "model") -> None:
+    if not m.path:
+        fail(f"{key}.path", m.path, "must be a Hugging Face id, a local folder, a .gguf file or gguf://<package>/<file>")
+    if m.dtype not in DTYPES:
+        fail(f"{key}.dtype", m.dtype, f"allowed: {', '.join(DTYPES)}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", m.device):
+        fail(f"{key}.device", m.device, "allowed: auto, cpu, cuda, cuda:N, mps")
+    if m.device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"{key}.device", m.device, "CUDA is not available here; use auto or cpu")
+    if m.hub_id is not None and not is_repo_id(m.hub_id):
+        fail(f"{key}.hub_id", m.hub_id, "must be null or a Hub id <owner>/<name>")
+    if m.arch is not None and "model_type" not in m.arch:
+        fail(f"{key}.arch", plain(m.arch), "must be null or a dict of config fields including model_type")
+
+
+def check_eval(e) -> None:
+    check_int("eval.batch_size", e.batch_size, 1)
+    for i, s in enumerate(e.sets):
+        if s.role not in ("forget", "retain"):
+            fail(f"eval.sets[{i}].role", s.role, "allowed: forget, retain")
+
+
+def check_harness(h) -> None:
+    """The harness section's values (rmu/plan.py looks the tasks up in lm-eval)."""
+    if not all(t for t in h.tasks):
+        fail("harness.tasks", plain(h.tasks), "must be a list of lm-eval task or group names, e.g. [wmdp_bio,mmlu]")
+    check_int("harness.num_fewshot", h.num_fewshot, 0)
+    if h.batch_size != "auto":
+        check_int("harness.batch_size", h.batch_size, 1)
+    if h.limit is not None:
+        check_int("harness.limit", h.limit, 1)
+
+
+def check_corpus(entry, key: str) -> None:
+    if not entry.name:
+        fail(f"{key}.name", entry.name, "every corpus needs a name")
+    if bool(entry.path) == bool(entry.dataset):
+        fail(key, plain(entry), "set exactly one of `path` (local file) or `dataset` (datasets id or folder)")
+    check_int(f"{key}.max_length", entry.max_length, 1)
+
+
+def check_data(d) -> int:
+    """The data section; returns the number of forget topics."""
+    if len(d.forget) == 0:
+        fail("data.forget", plain(d.forget), "must be a non-empty list of corpora, one per forget topic")
+    for i, entry in enumerate(d.forget):
+        check_corpus(entry, f"data.forget[{i}]")
+    n = len(d.forget)
+    names = [e.name for e in d.forget]
+    if len(set(names)) != n:
+        fail("data.forget", names, "forget topics need distinct names")
+    if len(d.retain) not in (1, n):
+        fail("data.retain", plain(d.retain), f"must be a list of 1 corpus (shared) or {n} (one per forget topic)")
+    for i, entry in enumerate(d.retain):
+        check_corpus(entry, f"data.retain[{i}]")
+    check_int("data.min_chars", d.min_chars, 0)
+    if d.padding_side not in ("left", "right"):
+        fail("data.padding_side", d.padding_side, "allowed: left, right")
+    return n
+
+
+def check_adapter(a) -> None:
+    check_int("adapter.r", a.r, 1)
+    check_num("adapter.alpha", a.alpha, positive=True)
+    if not check_num("adapter.dropout", a.dropout) < 1:
+        fail("adapter.dropout", a.dropout, "must be in [0, 1)")
+    if not a.target_modules or not all(a.target_modules):
+        fail("adapter.target_modules", plain(a.target_modules), "must be a non-empty list of module names, e.g. [down_proj]")
+
+
+def check_export_target(e, where: str) -> None:
+    """repo_id, push and private of an export (train's `export.*` or rmu.export's top level)."""
+    if where and e.repo_id is None:
+        if e.push:
+            fail(f"{where}push", True, f"needs {where}repo_id")
+        return
+    if not is_repo_id(e.repo_id):
+        fail(f"{where}repo_id", e.repo_id, "must be a Hub repo id <user or org>/<name>")
+    if e.push:
+        from huggingface_hub import get_token
+
+        if not get_token():  # from HF_TOKEN or a saved login; its value is never printed
+            fail(f"{where}push", True, "no Hugging Face token: set HF_TOKEN or run `hf auth login` "
+                                       "(or push=false to only prepare the folder)")
+
+
+def check_rmu(r, n_topics: int, user_keys: set[str], adapter: bool) -> dict:
+    """The method's keys; returns the per-topic values (steering None = auto)."""
+    layer_id = check_int("rmu.layer_id", r.layer_id, 0)
+    update_layers = plain(r.update_layers)
+    if update_layers is None:
+        update_layers = default_update_layers(layer_id)
+    elif not update_layers:
+        fail("rmu.update_layers", update_layers, "must be null or a non-empty list of layer indices")
+    if len(set(update_layers)) != len(update_layers):
+        fail("rmu.update_layers", update_layers, "lists a layer twice")
+    if adapter and "rmu.update_params" in user_keys:
+        fail("rmu.update_params", plain(r.update_params), "is not used with adapter=lora: the adapters go on "
+                                                          "adapter.target_modules of rmu.update_layers")
+    if not r.update_params or not all(r.update_params):
+        fail("rmu.update_params", plain(r.update_params), "must be a non-empty list of name patterns (glob, or re:<regex>)")
+    for p in r.update_params:
+        if p.startswith("re:"):
+            try:
+                re.compile(p[3:])
+            except re.error as e:
+                fail("rmu.update_params", p, f"invalid regular expression ({e})")
+    if isinstance(r.steering_coeff, str) and r.steering_coeff != "auto":
+        fail("rmu.steering_coeff", r.steering_coeff, "allowed: auto, a number > 0, or a list of one per forget topic")
+    auto = r.steering_coeff == "auto"
+    steering = None if auto else per_topic("rmu.steering_coeff", r.steering_coeff, n_topics, positive=True)
+    check_num("rmu.auto_beta", r.auto_beta, positive=True)
+    if not auto and "rmu.auto_beta" in user_keys:
+        fail("rmu.auto_beta", r.auto_beta, f"is only used with rmu.steering_coeff=auto (it is "
+                                           f"{plain(r.steering_coeff)!r} here)")
+    alpha = per_topic("rmu.alpha", r.alpha, n_topics, positive=False)
+    return dict(layer_id=layer_id, update_layers=update_layers, steering=steering, alpha=alpha)
+
+
+def check_train_values(cfg: DictConfig, user_keys: set[str] = frozenset()) -> dict:
+    """Every value of a train config; `user_keys` are the keys the command line set (a key
+    that this run would not use is refused only when the user set it). Returns the
+    values resolved per topic."""
+    check_schema(cfg)
+    check_int("seed", cfg.seed, 0)
+    if not cfg.output_dir:
+        fail("output_dir", cfg.output_dir, "must be a folder path")
+    check_model(cfg.model)
+    n = check_data(cfg.data)
+    values = check_rmu(cfg.rmu, n, user_keys, adapter=cfg.adapter is not None)
+    o, t = cfg.optim, cfg.trainer
+    check_num("optim.lr", o.lr, positive=True)
+    check_num("optim.weight_decay", o.weight_decay)
+    check_num("optim.eps", o.eps, positive=True)
+    if not (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas)):
+        fail("optim.betas", plain(o.betas), "must be two numbers in [0, 1)")
+    if not o.master_weights and cfg.model.dtype == "float16":
+        fail("optim.master_weights", False, "float16 needs true: AdamW's second moment underflows in float16 "
+                                            "(use model.dtype=bfloat16 to update half-precision tensors in place)")
+    if cfg.adapter is not None:
+        check_adapter(cfg.adapter)
+    check_int("trainer.max_steps", t.max_steps, 1)
+    check_int("trainer.batch_size", t.batch_size, 1)
+    check_int("trainer.save_every", t.save_every, 0)
+    check_eval(cfg.eval)
+    check_harness(cfg.harness)
+    if cfg.logger is not None:
+        if not cfg.logger.project:
+            fail("logger.project", cfg.logger.project, "must be a wandb project name")
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            fail("logger", "wandb", "needs the wandb package: pip install wandb")
+    check_export_target(cfg.export, "export.")
+    return values
+
+
+def check_fsdp(cfg: DictConfig) -> None:
+    """What FSDP (rmu/fsdp.py) does not cover; checked before the model loads."""
+    if cfg.adapter is not None:
+        fail("adapter", "lora", "LoRA is not supported under FSDP; use adapter=none")
+    if cfg.harness.tasks:
+        fail("harness.tasks", plain(cfg.harness.tasks), "lm-eval does not run on a sharded model: use harness.tasks=[] "
+                                                        "and run `python -m rmu.eval` on the written model")
+
+
+def check_attack_values(cfg: DictConfig) -> None:
+    """Every key and value of an attack config."""
+    check_schema(cfg)
+    check_int("seed", cfg.seed, 0)
+    if not cfg.output_dir:
+        fail("output_dir", cfg.output_dir, "must be a folder path")
+    check_model(cfg.model)
+    check_model(cfg.base, "base")
+    check_data(cfg.data)
+    check_eval(cfg.eval)
+    a = cfg.attack
+    for name in check_list("attack.run", a.run, ATTACKS):
+        if a[name] is None:
+            fail(f"attack.{name}", None, f"settings missing; select them with attack={name} or attack=all")
+    if "probe" in a.run:
+        p = a.probe
+        check_list("attack.probe.pooling", p.pooling, ("last_token", "option_mean"))
+        if not 0 < check_num("attack.probe.train_fraction", p.train_fraction) < 1:
+            fail("attack.probe.train_fraction", p.train_fraction, "must be in (0, 1)")
+        check_int("attack.probe.steps", p.steps, 1)
+        check_num("attack.probe.lr", p.lr, positive=True)
+        check_num("attack.probe.weight_decay", p.weight_decay)
+    if "finetune" in a.run:
+        f = a.finetune
+        check_list("attack.finetune.modes", f.modes, ("full", "lora"))
+        check_list("attack.finetune.data", f.data, ("forget", "retain", "unrelated"))
+        check_list("attack.finetune.lr", f.lr, kind="num")
+        check_list("attack.finetune.steps", f.steps, kind="int")
+        for key in ("examples", "batch_size", "max_length", "lora_r"):
+            check_int(f"attack.finetune.{key}", f[key], 1)
+    if "ablate" in a.run:
+        if a.ablate.layers is not None:
+            check_list("attack.ablate.layers", a.ablate.layers)
+        check_int("attack.ablate.examples", a.ablate.examples, 1)
+        check_int("attack.ablate.max_length", a.ablate.max_length, 1)
+    if "heldout_relearn" in a.run:
+        h = a.heldout_relearn
+        if h.mode not in ("full", "lora"):
+            fail("attack.heldout_relearn.mode", h.mode, "allowed: full, lora")
+        check_num("attack.heldout_relearn.lr", h.lr, positive=True)
+        for key in ("steps", "batch_size", "max_length", "lora_r"):
+            check_int(f"attack.heldout_relearn.{key}", h[key], 1)
+
+
+def command_line_keys() -> set[str]:
+    """The keys this command's overrides set (`rmu.alpha=5` → rmu.alpha); empty outside a
+    Hydra command (tests composing a config themselves)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}

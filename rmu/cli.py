@@ -1,0 +1,36 @@
+"""What every `python -m rmu.<command>` does around its function: one wrapper, so that
+all commands treat sweeps, multi-task SLURM jobs and errors the same way.
+
+    @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+    def main(cfg):
+        return run_command(train, cfg)
+
+An `RmuError` (rmu/errors.py) ends the command with `error: <message>` on stderr and its
+exit code (143 after a SIGTERM that saved the training state); anything else is a bug and
+keeps its traceback. Inside a Hydra sweep the error is raised instead, so Hydra records
+the failed job (the sweep summary shows why) and runs the others.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rmu.distributed import ranks_from_slurm
+from rmu.errors import Preempted, RmuError
+from rmu.sweep import in_sweep, job_output_dir
+
+
+def run_command(fn, cfg):
+    if "output_dir" in cfg:
+        job_output_dir(cfg)  # in a -m sweep: <hydra.sweep.dir>/<job number> (rmu/sweep.py)
+    ranks_from_slurm()  # a SLURM job of several tasks: one rank per task
+    try:
+        return fn(cfg)
+    except RmuError as e:
+        if in_sweep():
+            raise
+        if isinstance(e, Preempted):
+            print(f"rmu: {e}")
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

@@ -1,0 +1,41 @@
+"""The errors a user can act on. Every `python -m rmu.*` command (rmu/cli.py) turns an
+`RmuError` into one line on stderr and its exit code; anything else is a bug and keeps
+its traceback."""
+
+from __future__ import annotations
+
+
+class RmuError(Exception):
+    """Base of every error rmu reports to the user as a message, not a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(RmuError, ValueError):
+    """A config value that cannot work; raised before any model is loaded."""
+
+
+class DataError(RmuError, ValueError):
+    """A corpus or multiple-choice file that is missing, empty or malformed."""
+
+
+class TrainingError(RmuError):
+    """Training cannot go on (e.g. a non-finite loss); nothing has been written."""
+
+
+class ResumeError(RmuError):
+    """A resume state exists but belongs to another config."""
+
+
+class ExportError(RmuError):
+    """The upload failed; the prepared folder is left as it is."""
+
+
+class RankFailed(RmuError):
+    """Another process of a multi-process run failed; this one stops with its message."""
+
+
+class Preempted(RmuError):
+    """SIGTERM arrived; the training state was saved and the same command resumes it."""
+
+    exit_code = 143  # 128 + SIGTERM, what a scheduler expects from a terminated job

@@ -1,0 +1,82 @@
+"""FSDP, for models that do not fit one GPU (`accelerate launch --config_file
+experiments/accelerate/fsdp.yaml`, which sets ACCELERATE_USE_FSDP).
+
+The decoder layers an RMU step never trains — those below the first updated layer, which
+only run forward without autograd, and those above ℓ, which never run in training — are
+sharded over the ranks with torch's FSDP2 (`fully_shard`); each is gathered for its
+forward and freed after it. The span first..ℓ (trained, and run a second time with the
+original values for the frozen pass) and the embeddings, final norm and head stay whole
+on every rank, so the step, its frozen pass and the gradient sum are the same as in plain
+data parallel (rmu/distributed.py). Every rank joins the evaluation forwards and the
+gather of the full weights for the checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from rmu.hooks import decoder_layers
+from rmu.models import empty_model, load_model, load_tokenizer
+
+
+def load_sharded(ranks, mcfg, seed: int, keep: range):
+    """FSDP: (model, tokenizer) with the decoder layers outside `keep` sharded over the
+    ranks and everything else whole on this rank's device.
+
+    Only rank 0 reads the checkpoint (into CPU memory); the other ranks build the model on
+    the meta device, so a node holds one CPU copy, not one per process. The model is
+    sharded while still empty, storage for each rank's part is allocated, and rank 0
+    broadcasts the weights tensor by tensor; each rank keeps its shard of the sharded ones.
+    """
+    source, tokenizer = load_model(mcfg, seed, device=torch.device("cpu")) if ranks.main else (None, None)
+    tokenizer = tokenizer or load_tokenizer(mcfg)
+    model = empty_model(mcfg, tokenizer)
+
+    mesh = init_device_mesh(ranks.device.type, (ranks.size,))
+    offload = CPUOffloadPolicy() if ranks.offload_params else OffloadPolicy()
+    sharded = [layer for i, layer in enumerate(decoder_layers(model)) if i not in keep]
+    for layer in sharded:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=ranks.reshard_after_forward, offload_policy=offload)
+    # Allocate this rank's storage: its shards (on the CPU when offloading; FSDP's own
+    # to_empty keeps its bookkeeping) and everything outside the sharded layers whole.
+    for layer in sharded:
+        layer.to_empty(device=torch.device("cpu") if ranks.offload_params else ranks.device)
+    inside = {id(m) for layer in sharded for m in layer.modules()}
+    for module in model.modules():
+        if id(module) not in inside:
+            module.to_empty(device=ranks.device, recurse=False)
+    model.tie_weights()  # to_empty gave tied embeddings separate storage; make them one again
+
+    # Buffers too: rotary inverse frequencies are not in the state dict but are computed in __init__.
+    own = list(model.named_parameters()) + list(model.named_buffers())
+    full = dict(source.named_parameters(remove_duplicate=False)) | dict(source.named_buffers()) if ranks.main else {}
+    with torch.no_grad():
+        for name, tensor in own:
+            # size(): the whole tensor's shape, also for a shard
+            whole = full[name].to(ranks.device) if ranks.main else torch.empty(tensor.size(), dtype=tensor.dtype,
+                                                                             device=ranks.device)
+            dist.broadcast(whole, src=0)
+            if isinstance(tensor, DTensor):
+                shard = distribute_tensor(whole, tensor.device_mesh, tensor.placements, src_data_rank=None)
+                tensor.to_local().copy_(shard.to_local())
+            else:
+                tensor.copy_(whole)
+    del source, full
+    return model.train(), tokenizer, len(sharded)
+
+
+def local_parameter_mib(model) -> float:
+    """Parameter memory this rank holds (a sharded tensor counts its own shard only)."""
+
+    local = (p.to_local() if isinstance(p, DTensor) else p for p in model.parameters())
+    return sum(t.numel() * t.element_size() for t in local) / 2 ** 20
+
+
+def full_state_dict(model) -> dict:
+    """Every rank joins; rank 0 gets the whole model's weights on the CPU (others: {})."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

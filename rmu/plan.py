@@ -1,0 +1,165 @@
+"""From a checked config to what a run needs, reading every file it can before any
+weights load: the corpora, the multiple-choice sets, the model's layout (its config on the
+meta device), lm-eval's task list, the output folder.
+
+`plan_train` returns a `Plan`: per-topic lists and full parameter names, the corpora
+already read, so the training loop does no interpretation of its own. `plan_attack` does
+the same for `python -m rmu.attack`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from rmu import data as data_mod
+from rmu import models
+from rmu.adapters import module_names_per_layer
+from rmu.checks import check_attack_values, check_train_values, command_line_keys, fail, plain
+from rmu.results import RunResults
+
+
+@dataclass
+class Plan:
+    topics: list[str]
+    forget: list[data_mod.Corpus]
+    retain: list[data_mod.Corpus]  # one per topic (a single retain corpus is shared)
+    layer_id: int
+    update_layers: list[int]
+    update_names: list[str]  # full parameter names, e.g. model.layers.5.mlp.down_proj.weight
+    steering_coeff: list[float] | None  # None: auto, measured on the first forget batch
+    alpha: list[float]
+    eval_sets: list[tuple[str, str, list[data_mod.MCQItem]]]  # (name, role, items)
+    hidden_size: int
+
+
+@dataclass
+class AttackPlan:
+    sets: list[tuple[str, str, list[data_mod.MCQItem]]]
+    forget: list[data_mod.Corpus]
+    retain: data_mod.Corpus
+    unrelated: data_mod.Corpus | None  # attack.finetune.unrelated, when the fine-tune grid runs
+    ablate_layers: list[int] | None  # the edited layers, when the ablation runs
+
+
+def check_output_dir(path: str, overwrite: bool) -> None:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        fail("output_dir", path, "exists and is not a folder")
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        fail("output_dir", path, "already exists and is not empty; choose another output_dir or set overwrite=true")
+
+
+def read_model_config(mcfg, key: str):
+    """The model's config (no weights), or a ConfigError naming `<key>.path`."""
+    try:
+        return models.read_config(mcfg)
+    except (OSError, ValueError) as e:  # no such folder / Hub id, no network, unknown architecture
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        fail(f"{key}.path", mcfg.path, f"cannot read the model's config ({first_line})")
+
+
+def load_eval_sets(e) -> list[tuple[str, str, list[data_mod.MCQItem]]]:
+    return [(s.name, s.role, data_mod.load_mcq(s.path)) for s in e.sets]
+
+
+def look_up_harness_tasks(h) -> None:
+    """That lm-eval is installed and knows every task (reads task YAMLs only: no data, no model)."""
+    tasks = list(h.tasks)
+    if not tasks:
+        return
+    try:
+        from rmu.harness import unknown_tasks
+        unknown = unknown_tasks(tasks)
+    except ImportError:
+        fail("harness.tasks", tasks, "needs lm-evaluation-harness: pip install 'rmu[eval]'")
+    if unknown:
+        fail("harness.tasks", tasks, f"lm-eval knows no task or group {unknown[0]!r} (bundled sets: rmu_chem, "
+                                     "rmu_astro, rmu_general, group rmu_bundled; lm-eval's task list has the rest)")
+
+
+def load_corpora(d) -> tuple[list[data_mod.Corpus], list[data_mod.Corpus]]:
+    """(forget corpora, retain corpora), one retain corpus per forget topic."""
+    forget = [data_mod.load_corpus(plain(e), d.min_chars) for e in d.forget]
+    retain = [data_mod.load_corpus(plain(e), d.min_chars) for e in d.retain]
+    return forget, retain * len(forget) if len(retain) == 1 else retain
+
+
+def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int]) -> list[str]:
+    """Full names of the tensors a step updates (LoRA: the weights merging changes), checked
+    against the model's layout."""
+    n_layers = config.num_hidden_layers
+    if layer_id >= n_layers:
+        fail("rmu.layer_id", layer_id, f"must be in 0..{n_layers - 1} (the model has {n_layers} decoder layers)")
+    for i, layer in enumerate(update_layers):
+        if not 0 <= layer <= layer_id:
+            fail(f"rmu.update_layers[{i}]", layer, f"must be a layer index in 0..{layer_id} (at or below rmu.layer_id: "
+                                                  "later layers do not affect the hooked activations)")
+    names, prefix = models.parameter_layout(config)
+    patterns = list(cfg.rmu.update_params)
+    if cfg.adapter is not None:
+        targets = list(cfg.adapter.target_modules)
+        for layer in update_layers:
+            available = module_names_per_layer(names, prefix, layer)
+            missing = [t for t in targets if t not in available]
+            if missing:
+                fail("adapter.target_modules", targets, f"layer {layer} has no module {missing[0]!r}; its modules "
+                                                        f"with weights are: {', '.join(available)}")
+        patterns = [rf"re:(.*\.)?{re.escape(t)}\.weight" for t in targets]
+    chosen = models.select_parameter_names(names, prefix, update_layers, patterns)
+    for layer in update_layers:
+        if not any(x.startswith(f"{prefix}.{layer}.") for x in chosen):
+            available = sorted({x[len(f"{prefix}.{layer}."):] for x in names if x.startswith(f"{prefix}.{layer}.")})
+            fail("rmu.update_params", patterns, f"matches no parameter of layer {layer}; its parameters are: "
+                                                f"{', '.join(available)}")
+    return chosen
+
+
+def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
+    """Everything that can be checked without loading weights, in the order a user would
+    want to hear about it: keys and values, the output folder, the data, the model layout."""
+    v = check_train_values(cfg, command_line_keys() if user_keys is None else user_keys)
+    eval_sets = load_eval_sets(cfg.eval)
+    look_up_harness_tasks(cfg.harness)
+    check_output_dir(cfg.output_dir, cfg.overwrite)
+    if cfg.export.repo_id:
+        check_output_dir(cfg.output_dir.rstrip("/") + "-hub", cfg.overwrite)
+    forget, retain = load_corpora(cfg.data)
+    config = read_model_config(cfg.model, "model")
+    names = update_names(cfg, config, v["layer_id"], v["update_layers"])
+    return Plan(topics=[c.name for c in forget], forget=forget, retain=retain, layer_id=v["layer_id"],
+                update_layers=v["update_layers"], update_names=names, steering_coeff=v["steering"], alpha=v["alpha"],
+                eval_sets=eval_sets, hidden_size=config.hidden_size)
+
+
+def plan_attack(cfg: DictConfig) -> AttackPlan:
+    """The attack command's checks and files, before either model loads."""
+    check_attack_values(cfg)
+    check_output_dir(cfg.output_dir, cfg.overwrite)
+    sets = load_eval_sets(cfg.eval)
+    if not sets:
+        fail("eval.sets", [], "the attacks need multiple-choice sets with forget / retain roles")
+    forget, retain = load_corpora(cfg.data)
+    a = cfg.attack
+    unrelated = None
+    if "finetune" in a.run:
+        entry = {"name": "unrelated", "path": a.finetune.unrelated, "max_length": a.finetune.max_length}
+        if not data_mod.resolve_path(a.finetune.unrelated).is_file():
+            fail("attack.finetune.unrelated", a.finetune.unrelated, "no such file (a .jsonl with a text field, "
+                                                                    "or bundled:<file>)")
+        unrelated = data_mod.load_corpus(entry, cfg.data.min_chars)
+    read_model_config(cfg.model, "model")
+    read_model_config(cfg.base, "base")
+    layers = None
+    if "ablate" in a.run:
+        layers = plain(a.ablate.layers)
+        if layers is None:  # the layers the run edited, from its results.json
+            run = Path(cfg.model.path)
+            if not (run / "results.json").is_file():
+                fail("attack.ablate.layers", None, f"no {run / 'results.json'} to read the edited layers from; "
+                                                   "set the layers")
+            layers = RunResults.read(run).update_layers
+    return AttackPlan(sets=sets, forget=forget, retain=retain[0], unrelated=unrelated, ablate_layers=layers)

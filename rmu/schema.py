@@ -1,0 +1,264 @@
+"""The keys and types of every command's config: one dataclass per section, registered
+with Hydra's ConfigStore and named first in each command's defaults list (conf/*.yaml).
+
+The YAML files under conf/ hold the values and say what each one means; these classes
+say which keys exist and of what type. Hydra rejects a wrong type or an unknown key at
+composition; `+key=value` bypasses that, so `unknown_keys` (rmu/checks.py) walks the
+composed config against these classes too. `MISSING` marks a value the YAML must give.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+# From a checkout the tree is the top-level conf/; an installed wheel carries it as rmu/conf.
+_PACKAGED = Path(__file__).parent / "conf"
+CONF_DIR = str(_PACKAGED if _PACKAGED.is_dir() else Path(__file__).parent.parent / "conf")
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    path: str = MISSING
+    hub_id: Optional[str] = MISSING
+    revision: Optional[str] = MISSING
+    dtype: str = MISSING
+    device: str = MISSING
+    trust_remote_code: bool = MISSING
+    arch: Optional[Dict[str, Any]] = MISSING  # free-form: any field of a transformers config
+
+
+@dataclass
+class CorpusConfig:
+    name: str = MISSING
+    path: Optional[str] = None  # exactly one of path / dataset
+    dataset: Optional[str] = None
+    subset: Optional[str] = None
+    split: Optional[str] = None
+    field: Optional[str] = None  # null = "text"
+    max_length: int = MISSING
+
+
+@dataclass
+class DataConfig:
+    forget: List[CorpusConfig] = MISSING
+    retain: List[CorpusConfig] = MISSING
+    min_chars: int = MISSING
+    padding_side: str = MISSING
+
+
+@dataclass
+class RmuConfig:
+    layer_id: int = MISSING
+    update_layers: Optional[List[int]] = MISSING
+    update_params: List[str] = MISSING
+    steering_coeff: Any = MISSING  # auto | number | one number per topic
+    auto_beta: float = MISSING
+    alpha: Any = MISSING  # number | one number per topic
+    mask_padding: bool = MISSING
+
+
+@dataclass
+class OptimConfig:
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    eps: float = MISSING
+    betas: List[float] = MISSING
+    master_weights: bool = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    progress: bool = MISSING
+    save_every: int = MISSING
+
+
+@dataclass
+class EvalSetConfig:
+    name: str = MISSING
+    path: str = MISSING
+    role: str = MISSING
+
+
+@dataclass
+class EvalConfig:
+    sets: List[EvalSetConfig] = MISSING
+    batch_size: int = MISSING
+
+
+@dataclass
+class HarnessConfig:
+    tasks: List[str] = MISSING
+    num_fewshot: int = MISSING
+    batch_size: Any = MISSING  # an integer or auto
+    limit: Optional[int] = MISSING
+
+
+@dataclass
+class ExportConfig:
+    repo_id: Optional[str] = MISSING
+    push: bool = MISSING
+    private: bool = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    project: str = MISSING
+    entity: Optional[str] = MISSING
+    name: Optional[str] = MISSING
+    tags: List[str] = MISSING
+
+
+@dataclass
+class AdapterConfig:
+    r: int = MISSING
+    alpha: float = MISSING
+    dropout: float = MISSING
+    target_modules: List[str] = MISSING
+    merge: bool = MISSING
+
+
+@dataclass
+class TrainCommand:
+    """python -m rmu.train (conf/train.yaml)."""
+    seed: int = MISSING
+    output_dir: str = MISSING
+    overwrite: bool = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rmu: RmuConfig = field(default_factory=RmuConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    adapter: Optional[AdapterConfig] = None  # adapter=lora
+    logger: Optional[LoggerConfig] = None  # logger=wandb
+
+
+@dataclass
+class EvalCommand:
+    """python -m rmu.eval (conf/eval.yaml)."""
+    seed: int = MISSING
+    output_file: Optional[str] = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
+
+
+@dataclass
+class ExportCommand:
+    """python -m rmu.export (conf/export.yaml)."""
+    checkpoint: Optional[str] = MISSING
+    repo_id: Optional[str] = MISSING
+    output_dir: Optional[str] = MISSING
+    overwrite: bool = MISSING
+    push: bool = MISSING
+    private: bool = MISSING
+
+
+@dataclass
+class ProbeAttack:
+    pooling: List[str] = MISSING
+    train_fraction: float = MISSING
+    steps: int = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+
+
+@dataclass
+class FinetuneAttack:
+    modes: List[str] = MISSING
+    data: List[str] = MISSING
+    unrelated: str = MISSING
+    examples: int = MISSING
+    lr: List[float] = MISSING
+    steps: List[int] = MISSING
+    batch_size: int = MISSING
+    max_length: int = MISSING
+    lora_r: int = MISSING
+
+
+@dataclass
+class AblateAttack:
+    layers: Optional[List[int]] = MISSING
+    examples: int = MISSING
+    max_length: int = MISSING
+
+
+@dataclass
+class HeldoutRelearnAttack:
+    mode: str = MISSING
+    lr: float = MISSING
+    steps: int = MISSING
+    batch_size: int = MISSING
+    max_length: int = MISSING
+    lora_r: int = MISSING
+
+
+@dataclass
+class AttackConfig:
+    run: List[str] = MISSING
+    probe: Optional[ProbeAttack] = None  # each attack's settings, selected with attack=<name> or all
+    finetune: Optional[FinetuneAttack] = None
+    ablate: Optional[AblateAttack] = None
+    heldout_relearn: Optional[HeldoutRelearnAttack] = None
+
+
+@dataclass
+class AttackCommand:
+    """python -m rmu.attack (conf/attack.yaml)."""
+    seed: int = MISSING
+    output_dir: str = MISSING
+    overwrite: bool = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)  # the unlearned model
+    base: ModelConfig = field(default_factory=ModelConfig)  # the original, for the controls
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+
+
+COMMANDS = {"train": TrainCommand, "eval": EvalCommand, "export": ExportCommand, "attack": AttackCommand}
+
+
+def config_groups(command: str) -> str:
+    """The `--help` list of a command's config groups: those its defaults list names (read
+    from conf/<command>.yaml), each with its options (the files of conf/<group>/)."""
+    conf = Path(CONF_DIR)
+    top = yaml.safe_load((conf / f"{command}.yaml").read_text())
+    groups = []
+    for entry in top.get("defaults", []):
+        if not isinstance(entry, dict):
+            continue
+        key = next(iter(entry))
+        if key.startswith("override "):
+            continue
+        group, _, package = key.partition("@")
+        if (conf / group).is_dir() and group not in [g for g, _ in groups]:
+            groups.append((group, f" (as {package})" if package else ""))
+    if "sweep" in top.get("hydra", {}):
+        groups.append(("hydra/launcher", " (-m sweeps; also Hydra's basic, submitit_local, submitit_slurm)"))
+    lines = []
+    for group, note in groups:
+        options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        lines.append(f"{group}: {', '.join(options)}{note}")
+    return "\n".join(lines)
+
+
+def _register() -> None:
+    store = ConfigStore.instance()
+    for name, node in COMMANDS.items():
+        store.store(name=f"{name}_schema", node=node)
+    if not OmegaConf.has_resolver("rmu_groups"):
+        OmegaConf.register_new_resolver("rmu_groups", config_groups)
+
+
+_register()
