@@ -31,7 +31,7 @@ test: install  ## the whole test suite (unit, CLI and end-to-end on the bundled 
 test-fast: install  ## everything except the end-to-end runs on the bundled model
 	$(PY) -m pytest -q -m "not e2e"
 
-bench:  ## time the RMU step against the reference loop on the bundled model (CPU, ~15 min)
+bench: install  ## time the RMU step against the reference loop on the bundled model (CPU, ~15 min)
 	$(PY) experiments/bench/bench.py
 
 clean:  ## remove .venv and outputs

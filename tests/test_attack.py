@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from rmu.ablate import ablated, directions
-from rmu.attack import gap_recovered
+from rmu.attack.ablate import ablated, directions
+from rmu.attack.cli import gap_recovered
 from rmu.data import MCQItem, load_corpus, tokenize
 from rmu.models import load_model
-from rmu.probe import fit_and_score, probe_layers
+from rmu.attack.probe import fit_and_score, probe_layers
 from tests.conftest import TINY, make_cfg, run_cli
 
 SMALL = ["model=tiny_random", "model.arch=null", "model@base=tiny_random", "eval.batch_size=32",

@@ -9,7 +9,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import rmu.train
-from rmu.config import ConfigError
+from rmu.errors import ConfigError
 from rmu.data import DataError
 from tests.conftest import TINY, run_cli
 

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from rmu.config import CONF_DIR, ConfigError, check_train, check_values
+from rmu.checks import check_train_values
+from rmu.errors import ConfigError
+from rmu.plan import plan_train
+from rmu.schema import CONF_DIR
 from tests.conftest import TINY, make_cfg
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF_DIR).iterdir() if g.is_dir()}
@@ -20,22 +23,22 @@ def test_tree_has_the_groups_we_document():
 @pytest.mark.parametrize("group,option", OPTIONS)
 def test_every_group_option_composes_and_passes_value_checks(group, option):
     cfg = make_cfg([f"{group}={option}"])
-    check_values(cfg)
+    check_train_values(cfg)
 
 
 @pytest.mark.parametrize("experiment", GROUPS["experiment"])
 def test_every_experiment_composes_and_validates(experiment, tmp_path):
-    check_values(make_cfg([f"experiment={experiment}"]))
+    check_train_values(make_cfg([f"experiment={experiment}"]))
     # Full validation (data files, model layout) with the model and data that exist offline.
     cfg = make_cfg([f"experiment={experiment}", *TINY, "data=bundled", "rmu.update_layers=null",
                     f"output_dir={tmp_path / 'o'}"])
-    plan = check_train(cfg)
+    plan = plan_train(cfg)
     assert plan.topics == ["chem", "astro"]
 
 
 @pytest.mark.parametrize("option", GROUPS["attack"])
 def test_every_attack_option_composes_and_validates(option, tmp_path):
-    from rmu.attack import check_attack
+    from rmu.checks import check_attack_values as check_attack
 
     cfg = make_cfg([f"attack={option}", "model=tiny_random", "model@base=tiny_random",
                     f"output_dir={tmp_path / 'o'}"], config_name="attack")
@@ -80,5 +83,5 @@ def test_defaults_are_the_documented_ones():
 ])
 def test_bad_values_are_named_with_what_is_allowed(override, message):
     with pytest.raises(ConfigError) as e:
-        check_values(make_cfg([override]))
+        check_train_values(make_cfg([override]))
     assert message in str(e.value)

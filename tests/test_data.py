@@ -83,7 +83,7 @@ def hub_style_dataset(folder, config_name, split, texts):
 
 
 def test_wmdp_data_config_loads_local_copies_in_the_published_format(tmp_path, monkeypatch):
-    from rmu.config import check_train
+    from rmu.plan import plan_train
     from tests.conftest import TINY, make_cfg
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -95,7 +95,7 @@ def test_wmdp_data_config_loads_local_copies_in_the_published_format(tmp_path, m
     monkeypatch.chdir(tmp_path)  # data/bio-forget-corpus.jsonl is relative, as in the config
     cfg = make_cfg(["data=wmdp", *[o for o in TINY if not o.startswith("data.")], f"output_dir={tmp_path / 'o'}",
                     f"data.forget.1.dataset={tmp_path / 'wmdp-corpora'}", f"data.retain.0.dataset={tmp_path / 'wikitext'}"])
-    plan = check_train(cfg)
+    plan = plan_train(cfg)
     assert plan.topics == ["bio", "cyber"]
     assert [len(c.texts) for c in plan.forget] == [3, 4] and plan.forget[1].max_length == 768
     assert plan.retain[0].texts == plan.retain[1].texts == [f"{LONG} wiki"]  # short lines dropped, shared

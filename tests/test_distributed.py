@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rmu.config import ConfigError, check_fsdp
+from rmu.checks import check_fsdp
+from rmu.errors import ConfigError
 
 from tests.conftest import ROOT, run_cli
 

@@ -79,9 +79,10 @@ def test_lora_adapter_folder_exports_as_a_peft_model(tiny_cfg):
 
 
 def test_bad_repo_id_is_refused_before_training(tiny_cfg):
-    from rmu.config import ConfigError, check_values
+    from rmu.checks import check_train_values
+    from rmu.errors import ConfigError
 
     with pytest.raises(ConfigError, match="export.repo_id='not a repo': must be a Hub repo id"):
-        check_values(tiny_cfg("export.repo_id='not a repo'"))
+        check_train_values(tiny_cfg("export.repo_id='not a repo'"))
     with pytest.raises(ConfigError, match="export.push=True: needs export.repo_id"):
-        check_values(tiny_cfg("export.push=true"))
+        check_train_values(tiny_cfg("export.push=true"))

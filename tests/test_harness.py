@@ -8,7 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 import rmu.train
-from rmu.config import ConfigError, check_train
+from rmu.errors import ConfigError
+from rmu.plan import plan_train
 from rmu.data import load_mcq
 from rmu.eval import evaluate
 from rmu.harness import run_harness
@@ -52,11 +53,12 @@ def test_eval_cli_runs_harness_tasks_and_writes_them(tmp_path):
 def test_training_runs_the_harness_before_and_after(tiny_cfg):
     cfg = tiny_cfg("harness.tasks=[rmu_astro]", "harness.limit=8")
     results = rmu.train.train(cfg)
-    h = results["harness"]
+    h = results.harness
     assert set(h) == {"setup", "base_model", "base", "unlearned"}
     assert h["base"]["rmu_astro"]["n"] == h["unlearned"]["rmu_astro"]["n"] == 8
     table = (Path(cfg.output_dir) / "eval_table.txt").read_text()
-    assert "lm-eval, base model" in table and "lm-eval, unlearned model" in table
+    base, after = h["base"]["rmu_astro"], h["unlearned"]["rmu_astro"]
+    assert "rmu_astro (lm-eval)" in table and f"{base['acc']:.3f}" in table and f"{after['acc']:.3f}" in table
 
 
 def test_unknown_task_fails_before_any_model_loads(tiny_cfg, monkeypatch):
@@ -64,7 +66,7 @@ def test_unknown_task_fails_before_any_model_loads(tiny_cfg, monkeypatch):
     with pytest.raises(ConfigError, match=r"harness.tasks=\['wmdp_bioo'\]: lm-eval knows no task or group 'wmdp_bioo'"):
         rmu.train.train(tiny_cfg("harness.tasks=[wmdp_bioo]"))
     with pytest.raises(ConfigError, match="harness.limit=0"):
-        check_train(tiny_cfg("harness.tasks=[rmu_chem]", "harness.limit=0"))
+        plan_train(tiny_cfg("harness.tasks=[rmu_chem]", "harness.limit=0"))
 
 
 def test_eval_wmdp_selects_the_published_tasks():

@@ -2,22 +2,18 @@
 determinism, and agreement with a straightforward implementation of the reference code."""
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from rmu.config import check_train
+from rmu.plan import plan_train
 from rmu.data import batch_texts, tokenize
 from rmu.models import load_model
-from rmu.optim import Updater
-from rmu.span import LayerSpan
-from rmu.train import rmu_step, train
-from tests.conftest import ROOT, make_cfg, TINY
+from rmu.train import rmu_step, setup, train
+from tests.conftest import make_cfg
 
-sys.path.insert(0, str(ROOT / "experiments" / "bench"))
-from reference import ReferenceRMU  # noqa: E402
+from tests.reference import ReferenceRMU
 
 
 def weights(folder) -> dict[str, torch.Tensor]:
@@ -25,21 +21,15 @@ def weights(folder) -> dict[str, torch.Tensor]:
 
 
 def test_rmu_step_never_touches_the_frozen_values_or_other_weights(tiny_cfg):
-    cfg = tiny_cfg()
-    plan = check_train(cfg)
-    model, tok = load_model(cfg.model, cfg.seed)
+    run = setup(tiny_cfg("optim.lr=1e-2"))  # the trainer's own wiring
+    model, span, plan, tok = run.model, run.span, run.plan, run.tokenizer
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    model.requires_grad_(False)
-    params = dict(model.named_parameters())
-    updated = [params[n].requires_grad_(True) for n in plan.update_names]
-    span = LayerSpan(model, plan.layer_id, plan.update_names)
     frozen = {i: {k: v.clone() for k, v in d.items()} for i, d in span.frozen.items()}
-    updater = Updater(updated, lr=1e-2, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0, master_weights=True)
     control = torch.full((model.config.hidden_size,), 3.0)
     for step in range(3):
         forget = tokenize(tok, batch_texts(plan.forget[0], step, 2), 32, "cpu")
         retain = tokenize(tok, batch_texts(plan.retain[0], step, 2), 32, "cpu")
-        rmu_step(span, updater, forget, retain, control, 100.0, True, step)
+        rmu_step(span, run.updater, forget, retain, control, 100.0, True, step)
     for i, d in span.frozen.items():
         assert all(torch.equal(v, frozen[i][k]) for k, v in d.items())
     after = model.state_dict()
@@ -54,7 +44,7 @@ def test_only_the_selected_tensors_change(tiny_cfg, tmp_path):
     base_sd = base.state_dict()
     out = weights(cfg.output_dir)
     expected = {f"model.layers.{i}.{p}" for i in (0, 1, 2) for p in ("mlp.down_proj.weight", "self_attn.o_proj.weight")}
-    assert set(results["updated_parameters"]) == expected
+    assert set(results.updated_parameters) == expected
     changed = {name for name, t in out.items() if not torch.equal(t, base_sd[name])}
     assert changed == expected
 
@@ -73,18 +63,18 @@ def test_auto_steering_coefficient_is_beta_times_measured_norm(tiny_cfg):
     results = train(cfg)
     model, tok = load_model(cfg.model, cfg.seed)
     tok.padding_side = "right"
-    plan = check_train(tiny_cfg(output="unused"))
+    plan = plan_train(tiny_cfg(output="unused"))
     for k, corpus in enumerate(plan.forget):
         batch = tok(corpus.texts[:2], return_tensors="pt", padding=True, truncation=True, max_length=32)
         with torch.no_grad():
             h = model(**batch, output_hidden_states=True).hidden_states[plan.layer_id + 1]  # after layer ℓ
         mask = batch["attention_mask"].bool()
         expected = 3.0 * h[mask].norm(dim=-1).mean().item()
-        assert abs(results["steering_coeff"][k] - expected) <= 1e-4 * expected
+        assert abs(results.steering_coeff[k] - expected) <= 1e-4 * expected
 
 
 def reference_rmu(cfg, steps):
-    """The public code's loop (experiments/bench/reference.py) fed the way the public code
+    """The public code's loop (tests/reference.py) fed the way the public code
     reads its data: consecutive batches of raw lines, left padding, fixed c per topic."""
     model, tok = load_model(cfg.model, cfg.seed)
     frozen, _ = load_model(cfg.model, cfg.seed)
@@ -141,7 +131,7 @@ def test_bfloat16_run_trains_and_saves_bfloat16_weights(tiny_cfg):
     out = weights(cfg.output_dir)
     assert out["model.layers.2.mlp.down_proj.weight"].dtype == torch.bfloat16
     rows = [json.loads(line) for line in open(Path(cfg.output_dir) / "metrics.jsonl")]
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows) and results["steps"] == 4
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows) and results.steps == 4
 
 
 def test_a_local_hugging_face_folder_trains_through_the_same_path(tiny_cfg, tmp_path):
@@ -152,4 +142,4 @@ def test_a_local_hugging_face_folder_trains_through_the_same_path(tiny_cfg, tmp_
     results = train(second)
     start, end = weights(first.output_dir), weights(second.output_dir)
     changed = {k for k in start if not torch.equal(start[k], end[k])}
-    assert changed == set(results["updated_parameters"]) and changed
+    assert changed == set(results.updated_parameters) and changed

@@ -8,37 +8,30 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from rmu.adapters import add_lora
-from rmu.config import ConfigError, check_train
+from rmu.errors import ConfigError
+from rmu.plan import plan_train
 from rmu.data import batch_texts, tokenize
-from rmu.hooks import layer_output
+from tests.reference import layer_output
 from rmu.models import load_model
-from rmu.optim import Updater
-from rmu.span import LayerSpan
-from rmu.train import rmu_step, train
+from rmu.train import rmu_step, setup, train
 
 LORA = ["adapter=lora", "adapter.r=4", "optim.lr=1e-2"]
 
 
 def lora_setup(tiny_cfg, steps=3):
-    """The trainer's LoRA wiring, then `steps` RMU steps so the adapters are non-zero."""
+    """The trainer's LoRA wiring (`setup`), then `steps` RMU steps so the adapters are non-zero."""
     cfg = tiny_cfg(*LORA)
-    plan = check_train(cfg)
-    model, tok = load_model(cfg.model, cfg.seed)
+    run = setup(cfg)
+    plan, inner, span, tok = run.plan, run.model, run.span, run.tokenizer
     base, _ = load_model(cfg.model, cfg.seed)
-    model.requires_grad_(False)
-    peft_model, inner, names = add_lora(model, cfg.adapter, plan.update_layers)
-    params = dict(inner.named_parameters())
-    updater = Updater([params[n] for n in names], lr=1e-2, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0,
-                      master_weights=True)
-    span = LayerSpan(inner, plan.layer_id, names, disable_adapter=peft_model.disable_adapter)
+    names = [n for n, p in inner.named_parameters() if any(p is u for u in run.updated)]  # what the optimizer moves
     control = torch.full((inner.config.hidden_size,), 3.0)
     for step in range(steps):
         forget = tokenize(tok, batch_texts(plan.forget[0], step, 2), 32, "cpu")
         retain = tokenize(tok, batch_texts(plan.retain[0], step, 2), 32, "cpu")
-        rmu_step(span, updater, forget, retain, control, 100.0, True, step)
+        rmu_step(span, run.updater, forget, retain, control, 100.0, True, step)
     batch = tokenize(tok, batch_texts(plan.retain[0], 5, 3), 32, "cpu")
-    return cfg, plan, peft_model, inner, names, span, base, batch
+    return cfg, plan, run.peft_model, inner, names, span, base, batch
 
 
 def test_only_adapter_tensors_train_in_the_chosen_layers(tiny_cfg):
@@ -90,7 +83,7 @@ def test_lora_run_writes_a_plain_model_or_an_adapter_folder(tiny_cfg):
     base, tok = load_model(merged_cfg.model, merged_cfg.seed)
     base_sd = base.state_dict()
     changed = {k for k in w if not torch.equal(w[k], base_sd[k])}
-    assert changed == set(results["updated_parameters"]) == {f"model.layers.{i}.mlp.down_proj.weight" for i in range(3)}
+    assert changed == set(results.updated_parameters) == {f"model.layers.{i}.mlp.down_proj.weight" for i in range(3)}
     plain = AutoModelForCausalLM.from_pretrained(out)  # no peft needed
 
     adapter_cfg = tiny_cfg(*LORA, "adapter.merge=false", output="adapter")
@@ -107,8 +100,8 @@ def test_lora_run_writes_a_plain_model_or_an_adapter_folder(tiny_cfg):
 
 def test_lora_config_errors_name_the_key(tiny_cfg):
     with pytest.raises(ConfigError, match=r"adapter.target_modules=\['gate'\]: layer 0 has no module 'gate'.*down_proj"):
-        check_train(tiny_cfg(*LORA, "adapter.target_modules=[gate]"))
+        plan_train(tiny_cfg(*LORA, "adapter.target_modules=[gate]"))
     with pytest.raises(ConfigError, match="adapter.r=0"):
-        check_train(tiny_cfg(*LORA, "adapter.r=0"))
+        plan_train(tiny_cfg(*LORA, "adapter.r=0"))
     with pytest.raises(ConfigError, match="unknown config key 'adapter.rank'"):
-        check_train(tiny_cfg(*LORA, "+adapter.rank=4"))
+        plan_train(tiny_cfg(*LORA, "+adapter.rank=4"))

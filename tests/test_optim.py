@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rmu.config import ConfigError, check_values
+from rmu.checks import check_train_values
+from rmu.errors import ConfigError
 from rmu.optim import INITIAL_SCALE, Updater
 from rmu.train import train
 
@@ -54,4 +55,4 @@ def test_float16_run_follows_the_float32_run(tiny_cfg):
 
 def test_float16_without_master_weights_is_refused(tiny_cfg):
     with pytest.raises(ConfigError, match="optim.master_weights=False: float16 needs true"):
-        check_values(tiny_cfg("model.dtype=float16", "optim.master_weights=false"))
+        check_train_values(tiny_cfg("model.dtype=float16", "optim.master_weights=false"))

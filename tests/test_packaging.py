@@ -22,7 +22,7 @@ def test_wheel_carries_conf_and_corpora_and_composes_from_anywhere(tmp_path):
                    check=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = subprocess.run([sys.executable, "-c", "import rmu.config, sys; print(rmu.config.CONF_DIR)"],
+    proc = subprocess.run([sys.executable, "-c", "import rmu.schema, sys; print(rmu.schema.CONF_DIR)"],
                           cwd=elsewhere, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True)
     assert proc.stdout.strip() == str(site / "rmu" / "conf"), proc.stderr

@@ -21,8 +21,8 @@ def test_every_run_writes_a_report_and_the_cli_rewrites_it(tiny_cfg):
     assert width > 1000 and height > 300
     md = (out / "report.md").read_text()
     assert "hooked layer 2" in md and "![losses and accuracy](report.png)" in md
-    chem = results["eval"]["chem"]
-    assert f"| chem | forget | 0.250 | {chem['base']['acc']:.3f} | {chem['unlearned']['acc']:.3f} |" in md
+    chem = results.eval["chem"]
+    assert f"| chem | forget | 90 | 0.250 | {chem['base']['acc']:.3f} | {chem['unlearned']['acc']:.3f} |" in md
     (out / "report.png").unlink()
     proc = run_cli("rmu.report", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -10,17 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rmu.config import check_train
+from rmu.plan import plan_train
 from rmu.data import batch_texts, tokenize
-from rmu.hooks import layer_output
+from tests.reference import layer_output
 from rmu.losses import random_directions
 from rmu.models import load_model
 from rmu.span import LayerSpan
 from rmu.train import train
 from tests.conftest import ROOT, make_cfg
 
-sys.path.insert(0, str(ROOT / "experiments" / "bench"))
-from reference import ReferenceRMU  # noqa: E402
+from tests.reference import ReferenceRMU
 
 STEPS = 4  # two per topic
 
@@ -64,7 +63,7 @@ def test_optimised_step_matches_the_reference_loop(case, tmp_path):
                     f"data.padding_side={side}", "rmu.steering_coeff=[20,8]", "rmu.alpha=[100,30]", "optim.lr=1e-3",
                     "data.forget.0.max_length=40", "data.forget.1.max_length=24", "data.retain.0.max_length=32",
                     f"output_dir={tmp_path / 'ours'}"])
-    plan = check_train(cfg)
+    plan = plan_train(cfg)
     train(cfg)
     ours = [json.loads(line) for line in open(tmp_path / "ours" / "metrics.jsonl")]
     ref_losses, ref_weights = run_reference(cfg, plan)

@@ -27,7 +27,7 @@ from tests.conftest import ROOT, TINY, make_cfg, run_cli
 from tests.test_distributed import assert_same_weights
 
 CLUSTER = ROOT / "experiments" / "slurm" / "cluster.sh"
-SWEEP = [o for o in TINY if o != "eval=none"]  # the bundled eval sets: accuracies in the summary
+SWEEP = TINY + ["eval=bundled"]  # the bundled eval sets: accuracies in the summary
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -58,7 +58,7 @@ def test_each_job_writes_its_own_folder_and_the_summary_lists_failures(tmp_path)
     table = (sweep_dir / "summary.md").read_text()
     assert "| 0 | rmu.layer_id=2 | completed |" in table  # shared overrides are listed once, above the table
     assert "| 1 | rmu.layer_id=9 | failed: ConfigError: rmu.layer_id=9" in table
-    assert "Shared overrides: model=tiny_random" in table
+    assert "Shared overrides: debug=tiny" in table
 
 
 def test_output_dir_given_on_the_command_line_is_kept_in_a_sweep(tmp_path):
@@ -164,7 +164,7 @@ def test_a_two_job_sweep_through_slurm_with_a_requeue(tmp_path, launcher):
     # 2 ranks × batch 2, preempted and requeued mid-way, end with the weights of one uninterrupted
     # process with batch 4 on the same data.
     alpha = (10, 100)[requeued]
-    cfg = make_cfg(SWEEP + ["trainer.batch_size=4", "trainer.max_steps=600", "eval=none", f"rmu.alpha={alpha}",
+    cfg = make_cfg(TINY + ["trainer.batch_size=4", "trainer.max_steps=600", f"rmu.alpha={alpha}",
                             f"output_dir={tmp_path / 'one'}"])
     train(cfg)
     assert_same_weights(tmp_path / "one", sweep_dir / str(requeued), 1e-5)
@@ -174,7 +174,7 @@ def test_a_two_job_sweep_through_slurm_with_a_requeue(tmp_path, launcher):
 def test_the_slurm_launcher_config_composes_onto_submitit():
     from hydra import compose, initialize_config_dir
 
-    from rmu.config import CONF_DIR
+    from rmu.schema import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],

@@ -9,9 +9,11 @@ model, trains `--warmup` + `--steps` steps on the same token batches with the sa
 control vectors, and reports every step's time and losses. Peak memory is the child's
 peak RSS on CPU (getrusage) and `torch.cuda.max_memory_allocated` on GPU.
 
-- reference: experiments/bench/reference.py, the public code's loop (two full models,
-  full-depth forwards, every parameter requiring grad);
-- rmu: `rmu.train.rmu_step`, the trainer's step.
+- reference: tests/reference.py, the public code's loop (two full models, full-depth
+  forwards, every parameter requiring grad);
+- rmu: `rmu.train.rmu_step`, the trainer's step, wired by `rmu.train.setup`.
+
+Both start from the model `setup` loads (the reference adds its second, frozen copy).
 
 Batches are packed windows of exactly `--length` tokens cut from the bundled corpora
 (both forget topics alternating, and the retain corpus), so every position is a real
@@ -51,55 +53,57 @@ def packed_batches(tokenizer, texts: list[str], length: int, batch: int, count: 
 
 
 def child(args) -> dict:
+    import tempfile
+
     import torch
 
-    sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(ROOT))
     from hydra import compose, initialize_config_dir
 
-    from rmu.config import CONF_DIR
     from rmu.data import load_corpus
     from rmu.losses import random_directions
-    from rmu.models import load_model
+    from rmu.models import load_model, read_config
+    from rmu.plan import plan_train
+    from rmu.schema import CONF_DIR
+    from rmu.train import rmu_step, setup
+    from tests.reference import ReferenceRMU
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={args.model}", f"model.dtype={args.dtype}",
-                                          f"model.device={args.device}"])
-    model, tok = load_model(cfg.model, seed=0)
-    device = next(model.parameters()).device
-    layer_id = args.layer if args.layer >= 0 else model.config.num_hidden_layers + args.layer
-    updated = [f"model.layers.{i}.mlp.down_proj.weight" for i in range(max(0, layer_id - 2), layer_id + 1)]
-    steps = args.warmup + args.steps
-    forget = [packed_batches(tok, load_corpus(c, 0).texts, args.length, args.batch, steps)
-              for c in cfg.data.forget]
-    retain = packed_batches(tok, load_corpus(cfg.data.retain[0], 0).texts, args.length, args.batch, steps)
-    controls = (random_directions(2, model.config.hidden_size, 42) * args.coeff).to(device, model.dtype)
-    alpha = [args.alpha, args.alpha]
-
-    if args.variant == "reference":
-        from reference import ReferenceRMU
-
-        frozen, _ = load_model(cfg.model, seed=0)
+        probe = compose("train", overrides=[f"model={args.model}"])
+    layer_id = args.layer if args.layer >= 0 else read_config(probe.model).num_hidden_layers + args.layer
+    # The trainer's own setup (rmu.train.setup) with the reference's hyper-parameters: updated
+    # tensors = down_proj of ℓ-2..ℓ (the default rule), fixed c, α, lr, eps 1e-6, no weight decay.
+    overrides = [f"model={args.model}", f"model.dtype={args.dtype}", f"model.device={args.device}", "eval=none",
+                 f"rmu.layer_id={layer_id}", f"rmu.steering_coeff={args.coeff}", f"rmu.alpha={args.alpha}",
+                 f"optim.lr={args.lr}", "optim.eps=1e-6", "optim.weight_decay=0.0", "seed=42",
+                 f"output_dir={tempfile.gettempdir()}/rmu-bench-never-written"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    if args.variant == "reference":  # its own two models, as the public code loads them
+        plan = plan_train(cfg)
+        model, tok = load_model(cfg.model, cfg.seed)
+        frozen, _ = load_model(cfg.model, cfg.seed)
+        controls = random_directions(2, plan.hidden_size, cfg.seed) * args.coeff
         model.requires_grad_(True)  # as loaded: every parameter requires grad
-        ref = ReferenceRMU(model, frozen, layer_id, updated, controls, alpha, args.lr, mask_padding=False)
+        ref = ReferenceRMU(model, frozen, layer_id, plan.update_names, controls.to(model.device, model.dtype),
+                           plan.alpha, args.lr, mask_padding=False)
 
         def step(i, f, r, k):
             return ref.step(f, r, k)
     else:
-        from rmu.optim import Updater
-        from rmu.span import LayerSpan
-        from rmu.train import rmu_step
-
-        model.requires_grad_(False)
-        params = dict(model.named_parameters())
-        updater = Updater([params[n].requires_grad_(True) for n in updated], lr=args.lr, betas=[0.9, 0.999],
-                          eps=1e-6, weight_decay=0.0, master_weights=True)
-        span = LayerSpan(model, layer_id, updated)
+        run = setup(cfg)
+        model, tok = run.model, run.tokenizer
+        controls = run.controls.to(run.device, model.dtype)  # the same draw: seed 42, ‖c_k‖ = --coeff
 
         def step(i, f, r, k):
-            rec = rmu_step(span, updater, f, r, controls[k], alpha[k], True, i)
+            rec = rmu_step(run.span, run.updater, f, r, controls[k], run.plan.alpha[k], True, i)
             return rec["forget_loss"], rec["retain_loss"]
 
+    device = next(model.parameters()).device
+    steps = args.warmup + args.steps
+    forget = [packed_batches(tok, load_corpus(c, 0).texts, args.length, args.batch, steps)
+              for c in cfg.data.forget]
+    retain = packed_batches(tok, load_corpus(cfg.data.retain[0], 0).texts, args.length, args.batch, steps)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
