@@ -146,3 +146,63 @@ def test_what_fsdp_does_not_cover_is_refused_before_loading(tiny_cfg):
     with pytest.raises(ConfigError, match=r"harness.tasks=\['rmu_chem'\]: lm-eval does not run on a sharded model"):
         check_fsdp(tiny_cfg("harness.tasks=[rmu_chem]"))
     check_fsdp(tiny_cfg())
+
+
+def _one_rank_goes_non_finite(rank: int, port: int, out_dir: str, results) -> None:
+    """A rank of a 2-process run (gloo): the trainer's setup, then one step in which only
+    rank 1's loss is non-finite, then a rank-0-only write that fails."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from rmu.data import batch_texts, tokenize
+    from rmu.errors import RankFailed, TrainingError
+    from rmu.train import rmu_step, setup
+    from tests.conftest import TINY, make_cfg
+
+    run = setup(make_cfg(TINY + [f"output_dir={out_dir}"]))
+    plan, ranks = run.plan, run.ranks
+    control = run.controls[0].clone()
+    if rank == 1:
+        control.fill_(float("inf"))  # only this rank's forget loss is infinite
+    forget = tokenize(run.tokenizer, ranks.shard(batch_texts(plan.forget[0], 0, 4)), 32, run.device)
+    retain = tokenize(run.tokenizer, ranks.shard(batch_texts(plan.retain[0], 0, 4)), 32, run.device)
+    try:
+        rmu_step(run.span, run.updater, forget, retain, control, 100.0, True, 0, ranks)
+        results.put((rank, "step", "no error"))
+    except TrainingError as e:
+        results.put((rank, "step", f"TrainingError: {e}"))
+
+    def write():
+        raise OSError(28, "No space left on device")
+    try:
+        ranks.on_main(write)
+        results.put((rank, "write", "no error"))
+    except (OSError, RankFailed) as e:
+        results.put((rank, "write", f"{type(e).__name__}: {e}"))
+    torch.distributed.destroy_process_group()
+
+
+def test_a_failure_on_one_rank_stops_every_rank_with_the_same_message(tmp_path):
+    import multiprocessing as mp
+
+    from tests.test_sweep import free_port_pair
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port_pair()
+    procs = [ctx.Process(target=_one_rank_goes_non_finite, args=(r, port, str(tmp_path / "out"), results))
+             for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = {}
+    for _ in range(4):
+        rank, what, message = results.get(timeout=180)  # a hang in a collective fails here, not forever
+        got[rank, what] = message
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    # Rank 0's own loss was finite; the decision reads the sums over ranks, so both stop alike.
+    assert got[0, "step"] == got[1, "step"] and got[0, "step"].startswith("TrainingError: non-finite loss at step 0")
+    # A failed rank-0-only write reaches the other rank as a RankFailed naming the cause.
+    assert got[0, "write"] == "OSError: [Errno 28] No space left on device"
+    assert got[1, "write"] == "RankFailed: rank 0 failed, so this rank stops too: OSError: [Errno 28] No space left on device"
+    assert not (tmp_path / "out").exists()
