@@ -130,3 +130,39 @@ def test_eval_cli_refuses_bad_input_clearly(tmp_path):
     bad.write_text('{"question": "q?", "choices": ["a"], "answer": 0}\n')
     proc = run_cli("rmu.eval", f"eval.sets=[{{name: x, path: {bad}, role: forget}}]")
     assert proc.returncode != 0 and "q.jsonl, line 1: need 'question'" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["adapter=lora", "rmu.update_params=[mlp.up_proj.weight]"],
+     "rmu.update_params=['mlp.up_proj.weight']: is not used with adapter=lora"),
+    (["rmu.steering_coeff=20", "rmu.auto_beta=5"], "rmu.auto_beta=5.0: is only used with rmu.steering_coeff=auto"),
+    (["rmu.update_layers=[2,2]"], "rmu.update_layers=[2, 2]: lists a layer twice"),
+    (["trainer.max_steps=many"], "Value 'many' of type 'str' could not be converted to Integer"),
+])
+def test_keys_this_run_would_not_use_are_refused(tmp_path, overrides, message):
+    proc = run_cli("rmu.train", *TINY, f"output_dir={tmp_path / 'run'}", *overrides)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_attack_data_is_checked_before_any_model_loads(tmp_path):
+    proc = run_cli("rmu.attack", "attack=ablate", "model=tiny_random", "model@base=tiny_random",
+                   "data.min_chars=-1", f"output_dir={tmp_path / 'a'}")
+    assert proc.returncode != 0 and "data.min_chars=-1: must be an integer >= 0" in proc.stderr
+    proc = run_cli("rmu.attack", "attack=ablate", "model=tiny_random", "model@base=tiny_random",
+                   "data.forget.0.path=/nonexistent.jsonl", f"output_dir={tmp_path / 'a'}")
+    assert proc.returncode != 0 and "/nonexistent.jsonl: file not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command,listed,absent", [
+    ("rmu.train", ["rmu: default", "adapter: lora, none", "debug: tiny", "hydra/launcher: slurm"], ["attack:"]),
+    ("rmu.attack", ["attack: ablate, all, finetune, heldout_relearn, probe", "model: "], ["rmu: ", "adapter:"]),
+    ("rmu.eval", ["model: ", "harness: default", "eval: bundled, none, wmdp"], ["attack:", "rmu: ", "hydra/launcher"]),
+])
+def test_help_lists_only_the_groups_the_command_accepts(command, listed, absent):
+    proc = run_cli(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    groups = proc.stdout.split("== Config groups ==")[1].split("== Config ==")[0]
+    assert all(x in groups for x in listed), groups
+    assert not any(x in groups for x in absent), groups
