@@ -29,7 +29,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from rmu.errors import RankFailed
+from rmu.errors import ConfigError, RankFailed
 
 
 def ranks_from_slurm() -> None:
@@ -57,8 +57,8 @@ class Ranks:
         env = os.environ
         self.fsdp = self.size > 1 and env.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
         if self.fsdp and env.get("FSDP_VERSION", "2") != "2":
-            raise ValueError(f"FSDP_VERSION={env['FSDP_VERSION']}: rmu shards with FSDP2; set fsdp_version: 2 "
-                             "in the accelerate config (experiments/accelerate/fsdp.yaml)")
+            raise ConfigError(f"FSDP_VERSION={env['FSDP_VERSION']}: rmu shards with FSDP2; set fsdp_version: 2 "
+                              "in the accelerate config (experiments/accelerate/fsdp.yaml)")
         self.reshard_after_forward = env.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() != "false"
         self.offload_params = env.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true"
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from rmu.errors import ConfigError
+
 
 class StopForward(Exception):
     """Raised by the capture hook to end a forward pass right after the hooked layer."""
@@ -25,5 +27,5 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == n:
             return module
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}: no `model.layers` "
-                     f"and no ModuleList of num_hidden_layers={n} blocks")
+    raise ConfigError(f"model.path: cannot find the decoder layers of {type(model).__name__}: no `model.layers` "
+                      f"and no ModuleList of num_hidden_layers={n} blocks")
