@@ -8,7 +8,8 @@ all commands treat sweeps, multi-task SLURM jobs and errors the same way.
 An `RmuError` (rmu/errors.py) ends the command with `error: <message>` on stderr and its
 exit code (143 after a SIGTERM that saved the training state); anything else is a bug and
 keeps its traceback. Inside a Hydra sweep the error is raised instead, so Hydra records
-the failed job (the sweep summary shows why) and runs the others.
+the failed job (the sweep summary shows why) and runs the others; a preempted job exits
+with 143 there too, so that SLURM requeues it.
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ from rmu.sweep import in_sweep, job_output_dir
 
 
 def run_command(fn, cfg):
-    if "output_dir" in cfg:
+    if getattr(cfg, "output_dir", None) is not None:  # export's null output_dir means <checkpoint>-hub: kept
         job_output_dir(cfg)  # in a -m sweep: <hydra.sweep.dir>/<job number> (rmu/sweep.py)
     ranks_from_slurm()  # a SLURM job of several tasks: one rank per task
     try:
         return fn(cfg)
+    except Preempted as e:  # also in a sweep: the scheduler requeues the job, which resumes
+        print(f"rmu: {e}")
+        sys.exit(e.exit_code)
     except RmuError as e:
         if in_sweep():
             raise
-        if isinstance(e, Preempted):
-            print(f"rmu: {e}")
-        else:
-            print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

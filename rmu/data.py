@@ -21,7 +21,6 @@ import torch
 from rmu.errors import DataError
 
 BUNDLED_DIR = Path(__file__).parent / "corpora"
-CORPUS_KEYS = {"name", "path", "dataset", "subset", "split", "field", "max_length"}
 
 
 @dataclass

@@ -14,7 +14,7 @@ from rmu.errors import ConfigError
 
 
 class StopForward(Exception):
-    """Raised by the capture hook to end a forward pass right after the hooked layer."""
+    """Raised by a forward hook to end a pass once it has what it needs (rmu/span.py)."""
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -39,8 +39,8 @@ class Plan:
 @dataclass
 class AttackPlan:
     sets: list[tuple[str, str, list[data_mod.MCQItem]]]
-    forget: list[data_mod.Corpus]
-    retain: data_mod.Corpus
+    forget: list[data_mod.Corpus]  # empty, and retain None, when no attack of the run reads corpora
+    retain: data_mod.Corpus | None
     unrelated: data_mod.Corpus | None  # attack.finetune.unrelated, when the fine-tune grid runs
     ablate_layers: list[int] | None  # the edited layers, when the ablation runs
 
@@ -142,8 +142,9 @@ def plan_attack(cfg: DictConfig) -> AttackPlan:
     sets = load_eval_sets(cfg.eval)
     if not sets:
         fail("eval.sets", [], "the attacks need multiple-choice sets with forget / retain roles")
-    forget, retain = load_corpora(cfg.data)
     a = cfg.attack
+    # The fine-tune grid and the ablation read the corpora; the probe and held-out relearning do not.
+    forget, retain = load_corpora(cfg.data) if {"finetune", "ablate"} & set(a.run) else ([], [None])
     unrelated = None
     if "finetune" in a.run:
         entry = {"name": "unrelated", "path": a.finetune.unrelated, "max_length": a.finetune.max_length}

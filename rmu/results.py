@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rmu.errors import ConfigError
+
 COLUMNS = ("set", "role", "n", "chance", "base acc", "unlearned acc", "base acc_norm", "unlearned acc_norm")
 MIN_WIDTHS = (10, 7, 4, 7, 9, 14, 14, 19)  # the text table's columns, wider where a cell needs it
 
@@ -23,24 +25,28 @@ class RunResults:
     model: str  # the model config's name
     output_dir: str
     steps: int
-    processes: int
-    fsdp: bool
-    rank0_parameter_mib: float  # parameter memory on rank 0 (its shards only, under FSDP)
     topics: list[str]
     steering_coeff: list[float]  # c_k as used (measured, with steering_coeff=auto)
     alpha: list[float]
     layer_id: int
     update_layers: list[int]
     updated_parameters: list[str]  # full names; with LoRA the weights the merge changes
+    processes: int = 1  # (runs written before multi-process support lack the next three)
+    fsdp: bool = False
+    rank0_parameter_mib: float | None = None  # parameter memory on rank 0 (its shards only, under FSDP)
     eval: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # load, eval_before, train, eval_after, save, total
     harness: dict | None = None
 
     @classmethod
     def read(cls, folder: str | Path) -> "RunResults":
-        data = json.loads((Path(folder) / "results.json").read_text())
+        path = Path(folder) / "results.json"
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            data = json.loads(path.read_text())
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (OSError, ValueError, TypeError, AttributeError) as e:  # missing, not JSON, not a run's results
+            raise ConfigError(f"{path}: not the results.json of an rmu.train run ({type(e).__name__}: {e})") from None
 
     def write(self, folder: Path) -> None:
         data = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

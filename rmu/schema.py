@@ -3,7 +3,7 @@ with Hydra's ConfigStore and named first in each command's defaults list (conf/*
 
 The YAML files under conf/ hold the values and say what each one means; these classes
 say which keys exist and of what type. Hydra rejects a wrong type or an unknown key at
-composition; `+key=value` bypasses that, so `unknown_keys` (rmu/checks.py) walks the
+composition; `+key=value` bypasses that, so `check_schema` (rmu/checks.py) walks the
 composed config against these classes too. `MISSING` marks a value the YAML must give.
 """
 

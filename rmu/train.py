@@ -89,8 +89,7 @@ def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, cont
     loss = loss_forget + alpha * loss_retain
 
     total = ranks.total if ranks else (lambda x: x.detach())  # sums over ranks: the whole batch's losses
-    total_forget, total_retain = total(loss_forget).item(), total(loss_retain).item()
-    total_loss = total_forget + alpha * total_retain
+    total_loss, total_forget, total_retain = total(loss).item(), total(loss_forget).item(), total(loss_retain).item()
     if not math.isfinite(total_loss):  # the same sums on every rank: all stop, or none
         raise TrainingError(f"non-finite loss at step {step}: forget={total_forget:.4g} retain={total_retain:.4g} "
                             f"alpha={alpha}; lower optim.lr or rmu.steering_coeff, or use a wider dtype. "
@@ -166,8 +165,9 @@ def setup(cfg: DictConfig) -> Run:
             f"LoRA r={cfg.adapter.r} on {list(cfg.adapter.target_modules)} of layers {plan.update_layers}")
     ranks.print(f"rmu: topics {plan.topics}, steering_coeff {[round(c, 2) for c in coeffs]}, alpha {plan.alpha}, "
                 f"hooked layer {plan.layer_id}, {what}" + (f", {ranks.size} processes" if ranks.size > 1 else ""))
+    tracker = ranks.on_main(lambda: Tracker(cfg, True)) or Tracker(cfg, False)  # logger=wandb: rank 0 logs
     return Run(cfg, plan, ranks, model, tokenizer, device, peft_model, span, updated, updater, coeffs, controls,
-               Tracker(cfg, ranks.main))
+               tracker)
 
 
 def load(cfg: DictConfig, plan: Plan, ranks: Ranks):
@@ -233,9 +233,6 @@ def fit(run: Run) -> list[dict]:
             if stop and done < t.max_steps:
                 raise Preempted(f"stopped by SIGTERM after step {done}; the state is in {resume.folder}: "
                                 f"run the same command again to resume")
-    except BaseException:
-        run.tracker.abort()
-        raise
     finally:
         preemption.restore()
     return rows
@@ -253,27 +250,29 @@ def evaluate_run(run: Run, model_path: str, revision: str | None) -> tuple[dict,
     return sets or {}, harness
 
 
-def write_run(run: Run, rows: list[dict], before: tuple, after: tuple, seconds: dict) -> RunResults | None:
+def write_run(run: Run, rows: list[dict], before: tuple, after: tuple, seconds: dict,
+              started: float) -> RunResults | None:
     """The output folder, atomically (rmu/checkpoint.py): weights, tokenizer, config, control
     vectors, metrics.jsonl, results.json, eval_table.txt, report. Rank 0 writes; under
     FSDP every rank first joins the gather of the full weights. Returns the results on
-    rank 0 (None on the others)."""
+    rank 0 (None on the others); `started` is when the run began (seconds.total)."""
     cfg, plan, ranks = run.cfg, run.plan, run.ranks
+    t0 = time.perf_counter()
     weights = full_state_dict(run.model) if ranks.fsdp else None
-    (base, harness_base), (unlearned, harness_after) = before, after
-    results = RunResults(
-        model=cfg.model.name, output_dir=str(cfg.output_dir), steps=cfg.trainer.max_steps, processes=ranks.size,
-        fsdp=ranks.fsdp, rank0_parameter_mib=round(local_parameter_mib(run.model), 3), topics=plan.topics,
-        steering_coeff=run.coeffs, alpha=plan.alpha, layer_id=plan.layer_id, update_layers=plan.update_layers,
-        updated_parameters=plan.update_names, seconds=seconds,
-        eval={name: {"role": role, "base": base[name], "unlearned": unlearned[name]} for name, role, _ in plan.eval_sets})
-    if harness_base is not None:
-        results.harness = {"setup": {k: v for k, v in harness_base["setup"].items() if k != "model_path"},
-                           "base_model": cfg.model.path, "base": harness_base["tasks"],
-                           "unlearned": harness_after["tasks"]}
 
     def write() -> RunResults:
-        t0 = time.perf_counter()
+        (base, harness_base), (unlearned, harness_after) = before, after
+        results = RunResults(
+            model=cfg.model.name, output_dir=str(cfg.output_dir), steps=cfg.trainer.max_steps, processes=ranks.size,
+            fsdp=ranks.fsdp, rank0_parameter_mib=round(local_parameter_mib(run.model), 3), topics=plan.topics,
+            steering_coeff=run.coeffs, alpha=plan.alpha, layer_id=plan.layer_id, update_layers=plan.update_layers,
+            updated_parameters=plan.update_names, seconds=seconds,
+            eval={name: {"role": role, "base": base[name], "unlearned": unlearned[name]}
+                  for name, role, _ in plan.eval_sets})
+        if harness_base is not None:
+            results.harness = {"setup": {k: v for k, v in harness_base["setup"].items() if k != "model_path"},
+                               "base_model": cfg.model.path, "base": harness_base["tasks"],
+                               "unlearned": harness_after["tasks"]}
         with staged_output(cfg.output_dir, cfg.overwrite) as out:
             with open(out / "metrics.jsonl", "w") as log:
                 log.writelines(json.dumps(r) + "\n" for r in rows)
@@ -282,7 +281,7 @@ def write_run(run: Run, rows: list[dict], before: tuple, after: tuple, seconds: 
                 model = run.peft_model.merge_and_unload() if cfg.adapter.merge else run.peft_model
             save_run(out, model, run.tokenizer, cfg, run.controls, plan.topics, run.coeffs, weights)
             results.seconds["save"] = time.perf_counter() - t0
-            results.seconds["total"] = sum(results.seconds.values())
+            results.seconds["total"] = time.perf_counter() - started
             results.write(out)
             (out / "eval_table.txt").write_text(results.table() + "\n")
             write_report(out)  # report.png (loss curves, accuracy bars) and report.md
@@ -298,15 +297,19 @@ def train(cfg: DictConfig) -> RunResults | None:
     Returns results.json's content on rank 0 (None on the other ranks)."""
     t0 = time.perf_counter()
     run = setup(cfg)
-    t_load = time.perf_counter()
-    before = evaluate_run(run, cfg.model.path, cfg.model.revision)
-    t_eval = time.perf_counter()
-    rows = fit(run)
-    t_train = time.perf_counter()
-    after = evaluate_run(run, str(cfg.output_dir), None)
-    seconds = {"load": t_load - t0, "eval_before": t_eval - t_load, "train": t_train - t_eval,
-               "eval_after": time.perf_counter() - t_train}
-    results = write_run(run, rows, before, after, seconds)
+    try:
+        t_load = time.perf_counter()
+        before = evaluate_run(run, cfg.model.path, cfg.model.revision)
+        t_eval = time.perf_counter()
+        rows = fit(run)
+        t_train = time.perf_counter()
+        after = evaluate_run(run, str(cfg.output_dir), None)
+        seconds = {"load": t_load - t0, "eval_before": t_eval - t_load, "train": t_train - t_eval,
+                   "eval_after": time.perf_counter() - t_train}
+        results = write_run(run, rows, before, after, seconds, started=t0)
+    except BaseException:
+        run.tracker.abort()  # the wandb run ends as failed
+        raise
     if results is None:
         return None
     if results.eval or results.harness:

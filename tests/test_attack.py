@@ -11,7 +11,7 @@ from rmu.attack.ablate import ablated, directions
 from rmu.attack.cli import gap_recovered
 from rmu.data import MCQItem, load_corpus, tokenize
 from rmu.models import load_model
-from rmu.attack.probe import fit_and_score, probe_layers
+from rmu.attack.probe import features, fit_and_score, probe_features
 from tests.conftest import TINY, make_cfg, run_cli
 
 SMALL = ["model=tiny_random", "model.arch=null", "model@base=tiny_random", "eval.batch_size=32",
@@ -45,7 +45,7 @@ def test_all_attacks_run_end_to_end_through_the_cli(tmp_path):
     assert len(results["attacks"]["probe"]["last_token"]["chem"]["unlearned"]) == 5  # embeddings + 4 layers
     assert [(r["mode"], r["data"]) for r in results["attacks"]["finetune"]["runs"]] == [("full", "unrelated"),
                                                                                          ("lora", "unrelated")]
-    assert results["attacks"]["ablate"]["layers"] == [0, 1, 2]  # read from the run's rmu_config.yaml
+    assert results["attacks"]["ablate"]["layers"] == [0, 1, 2]  # read from the run's results.json
     assert set(results["attacks"]["heldout_relearn"]) == {"chem"}  # forget sets only
     summary = (out / "summary.md").read_text()
     assert "| attack | set | role | base | unlearned | attacked | gap_recovered | detail |" in summary
@@ -63,6 +63,12 @@ def test_single_attack_and_bad_settings(tmp_path):
     proc = run_cli("rmu.attack", "attack=probe", *SMALL[:4], "base=tiny_random", f"output_dir={tmp_path}/c")
     # Hydra refuses it against the schema (a model config, chosen with model@base=<name>)
     assert proc.returncode != 0 and "not a subclass of ModelConfig" in proc.stderr and "full_key: base" in proc.stderr
+
+
+def probe_layers(model, tokenizer, items, pooling, train_fraction, weight_decay, steps, lr, seed) -> list[float]:
+    """Test accuracy of a probe on every layer of `model` (index 0 = embeddings)."""
+    x = features(model, tokenizer, items, [pooling])[pooling]
+    return probe_features(x, items, train_fraction, weight_decay, steps, lr, seed)
 
 
 def planted_items(n: int) -> list[MCQItem]:

@@ -36,14 +36,15 @@ def launch(launcher: list[str], *overrides: str) -> subprocess.CompletedProcess:
 
 
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
-    one = run_cli("rmu.train", *RUN, "trainer.batch_size=4", f"output_dir={tmp_path / 'one'}")
+    evaluated = [o for o in RUN if o != "eval=none"]  # rank 0 evaluates alone, the others wait for it
+    one = run_cli("rmu.train", *evaluated, "trainer.batch_size=4", f"output_dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr[-3000:]
     bin_dir = Path(sys.executable).parent
     # accelerate launch starts CPU processes only through mpirun; on GPUs it starts them with
     # torchrun (experiments/accelerate/), which is what runs here.
     runs = {"torchrun": [str(bin_dir / "torchrun"), "--nproc_per_node", "2"]}
     for name, launcher in runs.items():
-        proc = launch(launcher, *RUN, "trainer.batch_size=2", f"output_dir={tmp_path / name}")
+        proc = launch(launcher, *evaluated, "trainer.batch_size=2", f"output_dir={tmp_path / name}")
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout.count("rmu: wrote") == 1 and "2 processes" in proc.stdout  # only rank 0 writes
         assert_same_weights(tmp_path / "one", tmp_path / name, 1e-5)
@@ -51,7 +52,9 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
         ref = [json.loads(line) for line in open(tmp_path / "one" / "metrics.jsonl")]
         for a, b in zip(ours, ref, strict=True):
             assert abs(a["forget_loss"] - b["forget_loss"]) <= 1e-5 * b["forget_loss"]
-        assert json.loads((tmp_path / name / "results.json").read_text())["processes"] == 2
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        assert results["processes"] == 2
+        assert results["eval"] == json.loads((tmp_path / "one" / "results.json").read_text())["eval"]
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing left over
 
 

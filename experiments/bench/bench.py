@@ -60,6 +60,7 @@ def child(args) -> dict:
     sys.path.insert(0, str(ROOT))
     from hydra import compose, initialize_config_dir
 
+    from rmu.checks import default_update_layers
     from rmu.data import load_corpus
     from rmu.losses import random_directions
     from rmu.models import load_model, read_config
@@ -122,6 +123,7 @@ def child(args) -> dict:
     peak_mb = (torch.cuda.max_memory_allocated() if cuda else
                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20
     return {"times": times[args.warmup:], "losses": losses, "peak_mb": peak_mb, "layer": layer_id,
+            "updated": default_update_layers(layer_id),
             "device": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
             "threads": torch.get_num_threads()}
 
@@ -174,7 +176,7 @@ def main():
     memory = "peak CUDA memory allocated" if args.device.startswith("cuda") else "peak RSS of the process"
     print(f"RMU step: {args.model}, {args.dtype}, {args.device} ({ours['device']}, {ours['threads']} threads, "
           f"{platform.system()}, Python {platform.python_version()}), batch {args.batch}, length {args.length}, "
-          f"hooked layer {ours['layer']}, updated {max(0, ours['layer'] - 2)}..{ours['layer']}, "
+          f"hooked layer {ours['layer']}, updated {ours['updated']}, "
           f"{args.steps} timed steps after {args.warmup} warm-up\n")
     print(f"| variant | median step (s) | min / max (s) | {memory} (MiB) | final forget loss | final retain loss |")
     print("|---|---|---|---|---|---|")

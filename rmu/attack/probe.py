@@ -97,10 +97,3 @@ def probe_features(x: torch.Tensor, items: list[MCQItem], train_fraction: float,
         accs.append(fit_and_score(x[layer, train_idx], y[train_idx], x[layer, test_idx], y[test_idx],
                                   weight_decay, steps, lr))
     return accs
-
-
-def probe_layers(model, tokenizer, items: list[MCQItem], pooling: str, train_fraction: float,
-                 weight_decay: float, steps: int, lr: float, seed: int) -> list[float]:
-    """Test accuracy of a probe on every layer of `model` (index 0 = embeddings)."""
-    x = features(model, tokenizer, items, [pooling])[pooling]
-    return probe_features(x, items, train_fraction, weight_decay, steps, lr, seed)
