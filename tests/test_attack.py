@@ -28,6 +28,7 @@ def test_gap_recovered_formula():
     assert gap_recovered(0.80, 0.78, 0.9) is None  # a retain set RMU barely moved: no ratio
 
 
+@pytest.mark.slow
 def test_all_attacks_run_end_to_end_through_the_cli(tmp_path):
     run = tmp_path / "run"
     assert run_cli("rmu.train", *TINY, f"output_dir={run}").returncode == 0
@@ -114,6 +115,7 @@ def test_ablation_removes_a_planted_direction_and_restores_behaviour():
     assert agree_broken < 0.6 and agree_fixed > 0.8, (agree_broken, agree_fixed)
 
 
+@pytest.mark.slow
 def test_an_attack_sweep_writes_one_folder_per_job(tmp_path):
     run = tmp_path / "run"
     assert run_cli("rmu.train", *TINY, f"output_dir={run}").returncode == 0

@@ -34,6 +34,8 @@ def launch(launcher: list[str], *overrides: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
     one = run_cli("rmu.train", *RUN, "trainer.batch_size=4", f"output_dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr[-3000:]
@@ -54,6 +56,7 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing left over
 
 
+@pytest.mark.slow
 def test_sigterm_then_restart_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     long = [o for o in RUN if not o.startswith("trainer.max_steps")] + [
         "trainer.max_steps=200", "trainer.batch_size=4", "trainer.save_every=20"]
@@ -113,6 +116,8 @@ def accelerate_env(config: Path) -> dict:
     return {k: v for k, v in prepare_multi_gpu_env(args).items() if "FSDP" in k}
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_fsdp_shards_the_frozen_layers_and_ends_where_one_process_does(tmp_path):
     # 6 layers, span 2..3 trained: layers 0, 1, 4, 5 are sharded over the 2 ranks.
     six = [o for o in RUN if o != "eval=none" and not o.startswith("rmu.layer_id")] + [

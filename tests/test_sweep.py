@@ -36,6 +36,7 @@ def rows(sweep_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_each_job_writes_its_own_folder_and_the_summary_lists_failures(tmp_path):
     sweep_dir = tmp_path / "sweep"
     # layer 9 does not exist in the 4-layer model: that job fails, the other one still runs.

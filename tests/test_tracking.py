@@ -5,6 +5,8 @@ import json
 import struct
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import TINY, run_cli
 
 
@@ -33,6 +35,7 @@ def wandb_records(path: Path) -> list:
     return records
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_config_losses_eval_and_checkpoint(tmp_path):
     out = tmp_path / "run"
     proc = run_cli("rmu.train", *TINY, "logger=wandb", "eval=bundled", "eval.batch_size=32", f"output_dir={out}",
