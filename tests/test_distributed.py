@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from rmu.config import ConfigError, check_fsdp
@@ -107,13 +108,14 @@ def test_shipped_accelerate_configs_parse():
 
 
 def accelerate_env(config: Path) -> dict:
-    """The FSDP variables `accelerate launch --config_file <config>` gives its processes."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_multi_gpu_env
-
-    args = launch_command_parser().parse_args(["--config_file", str(config), "--num_processes", "2", "-m", "rmu.train"])
-    args, _, _ = _validate_launch_command(args)
-    return {k: v for k, v in prepare_multi_gpu_env(args).items() if "FSDP" in k}
+    """The FSDP variables the trainer reads (rmu/distributed.py `Ranks`), from the documented
+    keys of an accelerate config file, as `accelerate launch --config_file <config>` sets them."""
+    cfg = yaml.safe_load(config.read_text())
+    fsdp = cfg.get("fsdp_config", {})
+    return {"ACCELERATE_USE_FSDP": str(cfg["distributed_type"] == "FSDP").lower(),
+            "FSDP_VERSION": str(fsdp["fsdp_version"]),
+            "FSDP_RESHARD_AFTER_FORWARD": str(fsdp["fsdp_reshard_after_forward"]).lower(),
+            "FSDP_OFFLOAD_PARAMS": str(fsdp["fsdp_offload_params"]).lower()}
 
 
 @pytest.mark.distributed
@@ -125,7 +127,8 @@ def test_fsdp_shards_the_frozen_layers_and_ends_where_one_process_does(tmp_path)
     one = run_cli("rmu.train", *six, "trainer.batch_size=4", f"output_dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr[-3000:]
     env = accelerate_env(ROOT / "experiments" / "accelerate" / "fsdp.yaml")
-    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    assert env == {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true",
+                   "FSDP_OFFLOAD_PARAMS": "false"}
     proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "rmu.train",
                            *six, "trainer.batch_size=2", f"output_dir={tmp_path / 'fsdp'}"], cwd=ROOT,
                           env={**ENV, **env}, capture_output=True, text=True, timeout=600)
