@@ -28,8 +28,8 @@ demo: install  ## unlearn chem + astro from the bundled SmolLM2-135M on CPU, pri
 test: install  ## the whole test suite (unit, CLI and end-to-end on the bundled model)
 	$(PY) -m pytest -q
 
-test-fast: install  ## everything except the end-to-end runs on the bundled model
-	$(PY) -m pytest -q -m "not e2e"
+test-fast: install  ## the inner loop: everything but e2e, slow, distributed and slurm tests (< 3 min)
+	$(PY) -m pytest -q -m "not e2e and not slow and not distributed and not slurm"
 
 bench: install  ## time the RMU step against the reference loop on the bundled model (CPU, ~15 min)
 	$(PY) experiments/bench/bench.py

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from rmu.checks import check_fsdp
@@ -35,6 +36,8 @@ def launch(launcher: list[str], *overrides: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
     evaluated = [o for o in RUN if o != "eval=none"]  # rank 0 evaluates alone, the others wait for it
     one = run_cli("rmu.train", *evaluated, "trainer.batch_size=4", f"output_dir={tmp_path / 'one'}")
@@ -58,6 +61,7 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing left over
 
 
+@pytest.mark.slow
 def test_sigterm_then_restart_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     long = [o for o in RUN if not o.startswith("trainer.max_steps")] + [
         "trainer.max_steps=200", "trainer.batch_size=4", "trainer.save_every=20"]
@@ -108,15 +112,18 @@ def test_shipped_accelerate_configs_parse():
 
 
 def accelerate_env(config: Path) -> dict:
-    """The FSDP variables `accelerate launch --config_file <config>` gives its processes."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_multi_gpu_env
+    """The FSDP variables the trainer reads (rmu/distributed.py `Ranks`), from the documented
+    keys of an accelerate config file, as `accelerate launch --config_file <config>` sets them."""
+    cfg = yaml.safe_load(config.read_text())
+    fsdp = cfg.get("fsdp_config", {})
+    return {"ACCELERATE_USE_FSDP": str(cfg["distributed_type"] == "FSDP").lower(),
+            "FSDP_VERSION": str(fsdp["fsdp_version"]),
+            "FSDP_RESHARD_AFTER_FORWARD": str(fsdp["fsdp_reshard_after_forward"]).lower(),
+            "FSDP_OFFLOAD_PARAMS": str(fsdp["fsdp_offload_params"]).lower()}
 
-    args = launch_command_parser().parse_args(["--config_file", str(config), "--num_processes", "2", "-m", "rmu.train"])
-    args, _, _ = _validate_launch_command(args)
-    return {k: v for k, v in prepare_multi_gpu_env(args).items() if "FSDP" in k}
 
-
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_fsdp_shards_the_frozen_layers_and_ends_where_one_process_does(tmp_path):
     # 6 layers, span 2..3 trained: layers 0, 1, 4, 5 are sharded over the 2 ranks.
     six = [o for o in RUN if o != "eval=none" and not o.startswith("rmu.layer_id")] + [
@@ -124,7 +131,8 @@ def test_fsdp_shards_the_frozen_layers_and_ends_where_one_process_does(tmp_path)
     one = run_cli("rmu.train", *six, "trainer.batch_size=4", f"output_dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr[-3000:]
     env = accelerate_env(ROOT / "experiments" / "accelerate" / "fsdp.yaml")
-    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    assert env == {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true",
+                   "FSDP_OFFLOAD_PARAMS": "false"}
     proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "rmu.train",
                            *six, "trainer.batch_size=2", f"output_dir={tmp_path / 'fsdp'}"], cwd=ROOT,
                           env={**ENV, **env}, capture_output=True, text=True, timeout=600)

@@ -19,6 +19,7 @@ from tests.conftest import TINY, make_cfg, run_cli
 SETS = ("chem", "astro", "general")
 
 
+@pytest.mark.slow
 def test_lm_eval_on_the_bundled_sets_matches_the_builtin_evaluator():
     cfg = make_cfg([])  # the bundled SmolLM2-135M: real, non-random answers
     model, tok = load_model(cfg.model, 0)
@@ -37,6 +38,7 @@ def test_lm_eval_on_the_bundled_sets_matches_the_builtin_evaluator():
     assert "rmu_chem" in harness["table"]
 
 
+@pytest.mark.slow
 def test_eval_cli_runs_harness_tasks_and_writes_them(tmp_path):
     proc = run_cli("rmu.eval", "model=tiny_random", "eval.sets=[]", "harness.tasks=[rmu_chem,rmu_general]",
                    "harness.limit=12", f"output_file={tmp_path / 'eval.json'}")
@@ -50,6 +52,7 @@ def test_eval_cli_runs_harness_tasks_and_writes_them(tmp_path):
     assert "rmu_general" in proc.stdout and "acc_norm" in proc.stdout
 
 
+@pytest.mark.slow
 def test_training_runs_the_harness_before_and_after(tiny_cfg):
     cfg = tiny_cfg("harness.tasks=[rmu_astro]", "harness.limit=8")
     results = rmu.train.train(cfg)

@@ -4,8 +4,7 @@ The SLURM test starts a one-machine cluster with experiments/slurm/cluster.sh (m
 slurmctld, slurmd on 127.0.0.1), submits the sweep through `sbatch` (hydra/launcher=slurm)
 and stops exactly the daemons it started. It needs Debian's slurmctld, slurmd and munge
 and root; .ci/run installs them and sets RMU_TEST_REQUIRE_SLURM=1, so there a missing
-SLURM fails the test. On a machine without them the same test runs the sweep through
-hydra/launcher=submitit_local instead (same submitit job files, no scheduler), and says so.
+SLURM fails the test. On a machine without them the test is skipped, and the skip says why.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ def rows(sweep_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_each_job_writes_its_own_folder_and_the_summary_lists_failures(tmp_path):
     sweep_dir = tmp_path / "sweep"
     # layer 9 does not exist in the 4-layer model: that job fails, the other one still runs.
@@ -90,21 +90,20 @@ def slurm_available() -> str | None:
     """None if a cluster can be started here, else why not."""
     missing = [c for c in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(c) is None]
     if missing:
-        return f"{', '.join(missing)} not installed (experiments/slurm/cluster.sh install)"
+        return f"{', '.join(missing)} not installed (as root: bash experiments/slurm/cluster.sh install)"
     if os.geteuid() != 0:
-        return "not root"
+        return "not root (experiments/slurm/cluster.sh starts munged, slurmctld and slurmd as root)"
     return None
 
 
 @pytest.fixture
 def launcher(tmp_path):
-    """(hydra/launcher overrides, env) for a started one-machine SLURM, or submitit_local."""
+    """(hydra/launcher overrides, env, daemon pids) for a started one-machine SLURM."""
     why_not = slurm_available()
     if why_not:
-        assert os.environ.get("RMU_TEST_REQUIRE_SLURM") != "1", f"SLURM required but {why_not}"
-        print(f"no SLURM here ({why_not}): running the sweep with hydra/launcher=submitit_local")
-        yield ["hydra/launcher=submitit_local"], {}, None
-        return
+        if os.environ.get("RMU_TEST_REQUIRE_SLURM") == "1":
+            pytest.fail(f"RMU_TEST_REQUIRE_SLURM=1 but no SLURM here: {why_not}")
+        pytest.skip(f"no SLURM here: {why_not}")
     env = {**os.environ, "RMU_SLURM_DIR": str(tmp_path / "slurm"), "RMU_SLURM_PORT": str(free_port_pair())}
     start = subprocess.run(["bash", str(CLUSTER), "start"], env=env, capture_output=True, text=True, timeout=120)
     assert start.returncode == 0, start.stderr
@@ -120,6 +119,8 @@ def launcher(tmp_path):
             assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_a_two_job_sweep_through_slurm_with_a_requeue(tmp_path, launcher):
     overrides, env, pids = launcher
     sweep_dir = tmp_path / "sweep"
@@ -128,16 +129,15 @@ def test_a_two_job_sweep_through_slurm_with_a_requeue(tmp_path, launcher):
                              f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT, env={**os.environ, **OFFLINE, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     requeued = None
-    if pids is not None:
-        # Preempt a job once it has saved its first state: `scontrol requeue` SIGTERMs its tasks,
-        # they save at the end of the step and exit; SLURM starts the job again and it resumes.
-        deadline = time.time() + 300
-        while requeued is None and time.time() < deadline and proc.poll() is None:
-            requeued = next((n for n in (0, 1) if (sweep_dir / f".{n}.resume" / "state.pt").exists()), None)
-            time.sleep(0.1)
-        assert requeued is not None, "no job saved a training state"
-        jobs = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True).stdout.split()
-        subprocess.run(["scontrol", "requeue", next(j for j in jobs if j.endswith(f"_{requeued}"))], env=env, check=True)
+    # Preempt a job once it has saved its first state: `scontrol requeue` SIGTERMs its tasks,
+    # they save at the end of the step and exit; SLURM starts the job again and it resumes.
+    deadline = time.time() + 300
+    while requeued is None and time.time() < deadline and proc.poll() is None:
+        requeued = next((n for n in (0, 1) if (sweep_dir / f".{n}.resume" / "state.pt").exists()), None)
+        time.sleep(0.1)
+    assert requeued is not None, "no job saved a training state"
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True).stdout.split()
+    subprocess.run(["scontrol", "requeue", next(j for j in jobs if j.endswith(f"_{requeued}"))], env=env, check=True)
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-4000:]
 
@@ -151,8 +151,6 @@ def test_a_two_job_sweep_through_slurm_with_a_requeue(tmp_path, launcher):
             sum(e["unlearned"]["acc"] for e in results["eval"].values() if e["role"] == "forget") / 2)
     assert "| 0 | rmu.alpha=10 | completed |" in (sweep_dir / "summary.md").read_text()
     assert not list(sweep_dir.glob(".*.resume"))  # the states are gone once the models are written
-    if pids is None:
-        return
 
     # What SLURM ran: sbatch scripts of 2 tasks on partition `local`; the requeued job stopped and resumed.
     script = next((sweep_dir / ".submitit").glob("*/*_submission.sh")).read_text()
@@ -169,6 +167,21 @@ def test_a_two_job_sweep_through_slurm_with_a_requeue(tmp_path, launcher):
     train(cfg)
     assert_same_weights(tmp_path / "one", sweep_dir / str(requeued), 1e-5)
     assert subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip() == ""
+
+
+@pytest.mark.slow
+def test_a_two_job_sweep_through_submitit_local(tmp_path):
+    # hydra/launcher=submitit_local: the same submitit job files as SLURM, as local processes.
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli("rmu.train", "-m", "hydra/launcher=submitit_local", *SWEEP, "rmu.alpha=10,100",
+                   f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = rows(sweep_dir)
+    assert [(r["job"], r["status"]) for r in table] == [("0", "completed"), ("1", "completed")]
+    for row, alpha in zip(table, (10, 100)):
+        results = json.loads((sweep_dir / row["job"] / "results.json").read_text())
+        assert row["output_dir"] == str(sweep_dir / row["job"]) and results["alpha"] == [alpha, alpha]
+    assert list((sweep_dir / ".submitit").glob("*/*_submitted.pkl"))  # submitit ran the jobs
 
 
 def test_the_slurm_launcher_config_composes_onto_submitit():
