@@ -192,6 +192,7 @@ def _one_rank_goes_non_finite(rank: int, port: int, out_dir: str, results) -> No
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.distributed
 def test_a_failure_on_one_rank_stops_every_rank_with_the_same_message(tmp_path):
     import multiprocessing as mp
 
