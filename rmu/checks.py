@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rmu.errors import ConfigError
 from rmu.models import DTYPES
 
-ATTACKS = ("probe", "finetune", "ablate", "heldout_relearn")
+ATTACKS = ("probe", "finetune", "ablate", "ablate_unlearned", "in_context", "heldout_relearn")
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -297,15 +297,23 @@ def check_attack_values(cfg: DictConfig) -> None:
         f = a.finetune
         check_list("attack.finetune.modes", f.modes, ("full", "lora"))
         check_list("attack.finetune.data", f.data, ("forget", "retain", "unrelated"))
-        check_list("attack.finetune.lr", f.lr, kind="num")
+        for key in ("lr_full", "lr_lora"):
+            check_list(f"attack.finetune.{key}", f[key], kind="num")
+        check_list("attack.finetune.lora_r", f.lora_r, kind="int")
         check_list("attack.finetune.steps", f.steps, kind="int")
-        for key in ("examples", "batch_size", "max_length", "lora_r"):
+        for key in ("examples", "batch_size", "max_length"):
             check_int(f"attack.finetune.{key}", f[key], 1)
     if "ablate" in a.run:
         if a.ablate.layers is not None:
             check_list("attack.ablate.layers", a.ablate.layers)
         check_int("attack.ablate.examples", a.ablate.examples, 1)
         check_int("attack.ablate.max_length", a.ablate.max_length, 1)
+    if "ablate_unlearned" in a.run:
+        check_int("attack.ablate_unlearned.examples", a.ablate_unlearned.examples, 1)
+        check_int("attack.ablate_unlearned.max_length", a.ablate_unlearned.max_length, 1)
+    if "in_context" in a.run:
+        for i, k in enumerate(check_list("attack.in_context.shots", a.in_context.shots)):
+            check_int(f"attack.in_context.shots[{i}]", k, 0)
     if "heldout_relearn" in a.run:
         h = a.heldout_relearn
         if h.mode not in ("full", "lora"):

@@ -38,8 +38,10 @@ def prompt(item: MCQItem) -> str:
 
 
 @torch.no_grad()
-def choice_logprobs(model, tokenizer, items: list[MCQItem], batch_size: int) -> list[list[float]]:
+def choice_logprobs(model, tokenizer, items: list[MCQItem], batch_size: int,
+                    contexts: list[str] | None = None) -> list[list[float]]:
     """Summed log p(" choice" | prompt) for every choice of every item; `batch_size` items per pass.
+    `contexts`: text put before each item's prompt (the in-context attack's worked examples).
 
     Each question runs through the model once; its choices then continue from the cached
     keys and values of the question (about 3x less work than scoring every
@@ -50,7 +52,8 @@ def choice_logprobs(model, tokenizer, items: list[MCQItem], batch_size: int) -> 
     scores: list[list[float]] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        ctxs = [tokenizer(prompt(item), add_special_tokens=False).input_ids for item in chunk]
+        before = contexts[start:start + batch_size] if contexts else [""] * len(chunk)
+        ctxs = [tokenizer(c + prompt(item), add_special_tokens=False).input_ids for c, item in zip(before, chunk)]
         conts = [tokenizer(" " + c, add_special_tokens=False).input_ids for item in chunk for c in item.choices]
         owner = torch.tensor([i for i, item in enumerate(chunk) for _ in item.choices], device=device)
 
@@ -88,11 +91,11 @@ def choice_logprobs(model, tokenizer, items: list[MCQItem], batch_size: int) -> 
     return scores
 
 
-def score_set(model, tokenizer, items: list[MCQItem], batch_size: int = 16) -> dict:
-    """`acc`, `acc_norm` and the chance level of one multiple-choice set."""
+def score_set(model, tokenizer, items: list[MCQItem], batch_size: int = 16, contexts: list[str] | None = None) -> dict:
+    """`acc`, `acc_norm` and the chance level of one multiple-choice set (`contexts`: see choice_logprobs)."""
     was_training = model.training
     model.eval()
-    scores = choice_logprobs(model, tokenizer, items, batch_size)
+    scores = choice_logprobs(model, tokenizer, items, batch_size, contexts)
     model.train(was_training)
     correct = correct_norm = 0
     for item, s in zip(items, scores):

@@ -143,8 +143,9 @@ def plan_attack(cfg: DictConfig) -> AttackPlan:
     if not sets:
         fail("eval.sets", [], "the attacks need multiple-choice sets with forget / retain roles")
     a = cfg.attack
-    # The fine-tune grid and the ablation read the corpora; the probe and held-out relearning do not.
-    forget, retain = load_corpora(cfg.data) if {"finetune", "ablate"} & set(a.run) else ([], [None])
+    # The fine-tune grid and the ablations read the corpora; the probe, the in-context attack
+    # and held-out relearning do not.
+    forget, retain = load_corpora(cfg.data) if {"finetune", "ablate", "ablate_unlearned"} & set(a.run) else ([], [None])
     unrelated = None
     if "finetune" in a.run:
         entry = {"name": "unrelated", "path": a.finetune.unrelated, "max_length": a.finetune.max_length}

@@ -180,11 +180,12 @@ class FinetuneAttack:
     data: List[str] = MISSING
     unrelated: str = MISSING
     examples: int = MISSING
-    lr: List[float] = MISSING
-    steps: List[int] = MISSING
+    lr_full: List[float] = MISSING
+    lr_lora: List[float] = MISSING
+    lora_r: List[int] = MISSING
+    steps: List[int] = MISSING  # step counts scored within each run
     batch_size: int = MISSING
     max_length: int = MISSING
-    lora_r: int = MISSING
 
 
 @dataclass
@@ -192,6 +193,17 @@ class AblateAttack:
     layers: Optional[List[int]] = MISSING
     examples: int = MISSING
     max_length: int = MISSING
+
+
+@dataclass
+class AblateUnlearnedAttack:
+    examples: int = MISSING
+    max_length: int = MISSING
+
+
+@dataclass
+class InContextAttack:
+    shots: List[int] = MISSING
 
 
 @dataclass
@@ -210,6 +222,8 @@ class AttackConfig:
     probe: Optional[ProbeAttack] = None  # each attack's settings, selected with attack=<name> or all
     finetune: Optional[FinetuneAttack] = None
     ablate: Optional[AblateAttack] = None
+    ablate_unlearned: Optional[AblateUnlearnedAttack] = None
+    in_context: Optional[InContextAttack] = None
     heldout_relearn: Optional[HeldoutRelearnAttack] = None
 
 
@@ -224,6 +238,7 @@ class AttackCommand:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    control_cache: Optional[str] = MISSING  # folder of the base-model controls; null = $RMU_CACHE/attack-controls
 
 
 COMMANDS = {"train": TrainCommand, "eval": EvalCommand, "export": ExportCommand, "attack": AttackCommand}

@@ -7,19 +7,23 @@ import json
 import pytest
 import torch
 
-from rmu.attack.ablate import ablated, directions
+from rmu.attack.ablate import ablated, directions, layer_means, topic_directions
 from rmu.attack.cli import gap_recovered
-from rmu.data import MCQItem, load_corpus, tokenize
-from rmu.models import load_model
+from rmu.attack.in_context import shot_contexts
 from rmu.attack.probe import features, fit_and_score, probe_features
+from rmu.data import MCQItem, load_corpus, load_mcq, tokenize
+from rmu.models import load_model
 from tests.conftest import TINY, make_cfg, run_cli
+from tests.reference import layer_output
 
 SMALL = ["model=tiny_random", "model.arch=null", "model@base=tiny_random", "eval.batch_size=32",
          "eval.sets=[{name: chem, path: 'bundled:mcq_chem.jsonl', role: forget},"
          "{name: general, path: 'bundled:mcq_general.jsonl', role: retain}]",
          "attack.probe.steps=30", "attack.probe.pooling=[last_token]", "attack.finetune.examples=8",
-         "attack.finetune.lr=[1e-4]", "attack.finetune.steps=[2]", "attack.finetune.modes=[full,lora]",
-         "attack.finetune.data=[unrelated]", "attack.heldout_relearn.steps=2", "attack.ablate.examples=8"]
+         "attack.finetune.lr_full=[1e-4]", "attack.finetune.lr_lora=[1e-3]", "attack.finetune.steps=[1,2]",
+         "attack.finetune.modes=[full,lora]", "attack.finetune.data=[unrelated]", "attack.heldout_relearn.steps=2",
+         "attack.ablate.examples=8", "attack.ablate_unlearned.examples=8", "attack.in_context.shots=[0,2]"]
+ATTACKS = {"probe", "finetune", "ablate", "ablate_unlearned", "in_context", "heldout_relearn"}
 
 
 def test_gap_recovered_formula():
@@ -32,13 +36,14 @@ def test_gap_recovered_formula():
 def test_all_attacks_run_end_to_end_through_the_cli(tmp_path):
     run = tmp_path / "run"
     assert run_cli("rmu.train", *TINY, f"output_dir={run}").returncode == 0
-    out = tmp_path / "attack"
-    proc = run_cli("rmu.attack", "attack=all", f"model.path={run}", *SMALL, f"output_dir={out}")
+    out, cache = tmp_path / "attack", tmp_path / "controls"
+    proc = run_cli("rmu.attack", "attack=all", f"model.path={run}", *SMALL, f"output_dir={out}",
+                   f"control_cache={cache}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert set(results["attacks"]) == {"probe", "finetune", "ablate", "heldout_relearn"}
+    assert set(results["attacks"]) == ATTACKS and set(results["seconds"]) == ATTACKS | {"total"}
     rows = results["summary"]
-    assert {r["attack"] for r in rows} == {"probe", "finetune", "ablate", "heldout_relearn"}
+    assert {r["attack"] for r in rows} == ATTACKS
     for r in rows:
         assert 0 <= r["attacked"] <= 1 and 0 <= r["base"] <= 1
         # By hand: the share of the unlearning gap the attack recovers; no ratio below 5 points of gap.
@@ -46,21 +51,39 @@ def test_all_attacks_run_end_to_end_through_the_cli(tmp_path):
             assert r["gap_recovered"] is None, r
         else:
             assert r["gap_recovered"] == pytest.approx((r["attacked"] - r["unlearned"]) / (r["base"] - r["unlearned"]))
+        # Every attack has its control on the base model (the retain rows after a held-out fine-tune excepted).
+        if r["detail"].startswith("after the"):
+            assert r["base_attacked"] is None and r["resistance"] is None
+        else:
+            assert 0 <= r["base_attacked"] <= 1 and r["resistance"] == pytest.approx(r["attacked"] - r["base_attacked"])
     assert len(results["attacks"]["probe"]["last_token"]["chem"]["unlearned"]) == 5  # embeddings + 4 layers
-    assert [(r["mode"], r["data"]) for r in results["attacks"]["finetune"]["runs"]] == [("full", "unrelated"),
-                                                                                         ("lora", "unrelated")]
+    # One run per mode (full, LoRA), each scored after 1 and 2 steps.
+    assert [(r["mode"], r["data"], r["steps"]) for r in results["attacks"]["finetune"]["runs"]] == [
+        ("full", "unrelated", 1), ("full", "unrelated", 2), ("lora", "unrelated", 1), ("lora", "unrelated", 2)]
     assert results["attacks"]["ablate"]["layers"] == [0, 1, 2]  # read from the run's results.json
     assert set(results["attacks"]["heldout_relearn"]) == {"chem"}  # forget sets only
+    assert set(results["attacks"]["in_context"]["unlearned"]) == {"0", "2"}
+    # 0 shots is the plain evaluation
+    assert results["attacks"]["in_context"]["unlearned"]["0"]["chem"] == results["unlearned"]["chem"]
+    assert results["control_cache"] == {"hits": 0, "misses": 6}  # clean eval + 5 cacheable controls
     summary = (out / "summary.md").read_text()
-    assert "| attack | set | role | base | unlearned | attacked | gap_recovered | detail |" in summary
+    assert "| attack | set | role | base | unlearned | attacked | gap_recovered | base attacked | resistance |" in summary
     assert "| heldout_relearn | chem | forget |" in proc.stdout
     assert "| heldout_relearn | general | retain |" in proc.stdout  # the retain set after the fine-tune
+
+    # A second run (another recipe or seed in a comparison) reuses every base-model control.
+    again = run_cli("rmu.attack", "attack=all", f"model.path={run}", *SMALL, f"output_dir={tmp_path / 'again'}",
+                    f"control_cache={cache}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert second["control_cache"] == {"hits": 6, "misses": 0}
+    assert [r["base_attacked"] for r in second["summary"]] == [r["base_attacked"] for r in rows]
 
 
 def test_single_attack_and_bad_settings(tmp_path):
     proc = run_cli("rmu.attack", "attack=ablate", *SMALL[:4], "model.path=/nonexistent-run", f"output_dir={tmp_path}/a")
     assert proc.returncode != 0 and "error: model.path='/nonexistent-run': cannot read the model's config" in proc.stderr
-    finetune_only = [o for o in SMALL if not o.startswith(("attack.probe", "attack.heldout", "attack.ablate"))]
+    finetune_only = [o for o in SMALL if not o.startswith(("attack.probe", "attack.heldout", "attack.ablate", "attack.in_context"))]
     proc = run_cli("rmu.attack", "attack=finetune", *finetune_only, "attack.finetune.modes=[full,qlora]",
                    f"output_dir={tmp_path}/b")
     assert proc.returncode != 0 and "attack.finetune.modes[1]='qlora': allowed: full, lora" in proc.stderr
@@ -136,3 +159,46 @@ def test_an_attack_sweep_writes_one_folder_per_job(tmp_path):
     norms = [json.loads((sweep / job / "results.json").read_text())["attacks"]["ablate"]["shift_norms"]
              for job in ("0", "1")]
     assert norms[0] != norms[1]  # each job ran its own setting (mean shift over 4 vs 8 texts)
+
+
+def texts(name: str, n: int) -> list[str]:
+    return load_corpus({"name": name, "path": f"bundled:{name}.jsonl", "max_length": 32}, 0).texts[:n]
+
+
+def test_ablation_leaves_no_component_along_the_direction():
+    model, tok = load_model(make_cfg(["model=tiny_random"]).model, 0)
+    found = topic_directions(model, tok, texts("forget_chem", 8), texts("retain_general", 8), 32)
+    assert set(found) == {0, 1, 2, 3}
+    batch = tokenize(tok, texts("forget_astro", 4), 32, "cpu")
+    for layer, (d, norm, relative) in found.items():
+        assert torch.linalg.vector_norm(d).item() == pytest.approx(1.0) and norm > 0 and relative > 0
+        with torch.no_grad():
+            before = layer_output(model, layer, batch)
+            with ablated(model, {layer: d}):
+                after = layer_output(model, layer, batch, stop=False)  # read after the ablation hook
+        assert (before @ d).abs().max() > 1e-3  # there was a component to remove
+        assert (after @ d).abs().max() <= 1e-5 * after.norm(dim=-1).max()
+        assert torch.allclose(after, before - (before @ d).unsqueeze(-1) * d, atol=1e-5)  # and nothing else changed
+
+
+def test_topic_direction_is_the_normalised_mean_difference():
+    model, tok = load_model(make_cfg(["model=tiny_random"]).model, 0)
+    topic, general = texts("forget_chem", 6), texts("retain_general", 6)
+    found = topic_directions(model, tok, topic, general, 32)
+    a, b = layer_means(model, tok, topic, [2], 32)[2], layer_means(model, tok, general, [2], 32)[2]
+    d, norm, relative = found[2]
+    assert torch.allclose(d, (a - b) / (a - b).norm(), atol=1e-6)
+    assert norm == pytest.approx((a - b).norm().item()) and relative == pytest.approx(norm / b.norm().item())
+
+
+def test_in_context_examples_never_hold_the_scored_question():
+    items = load_mcq("bundled:mcq_chem.jsonl")
+    for k in (0, 1, 3, 5):
+        contexts = shot_contexts(items, k, seed=0)
+        assert len(contexts) == len(items)
+        for item, context in zip(items, contexts):
+            assert context.count("Question: ") == k and f"Question: {item.question}\n" not in context
+            if k:  # worked examples end with their correct answer, as the evaluation phrases it
+                first = next(o for o in items if context.startswith(f"Question: {o.question}\n"))
+                assert context.startswith(f"Question: {first.question}\nAnswer: {first.choices[first.answer]}\n\n")
+    assert shot_contexts(items, 3, seed=0) == shot_contexts(items, 3, seed=0) != shot_contexts(items, 3, seed=1)

@@ -1,10 +1,16 @@
-"""Directional ablation: project the direction RMU added out of the residual stream.
+"""Directional ablation: project a direction out of the residual stream and re-score.
 
 RMU steers forget-text activations toward one random direction. If the knowledge is
-only masked by that shift, removing it restores the answers. For each edited layer,
-the direction is the mean difference between the unlearned and the base model's
-outputs of that layer on forget text (over real tokens); forward hooks on the unlearned
-model then remove each output's component along it: h ← h − (h·d̂) d̂.
+only masked by that shift, removing it restores the answers. Forward hooks remove each
+chosen layer's output component along its direction: h ← h − (h·d̂) d̂. Two ways to find
+the directions:
+
+- `ablate` (needs the base model): per edited layer, the mean output of the unlearned
+  model minus that of the base model, on forget text;
+- `ablate_unlearned` (the attacker has only the unlearned model): per layer, the mean
+  output on forget-topic text minus the mean output on general text, both from the
+  unlearned model; projected out at every layer, or at the single layer where that
+  difference is largest relative to the layer's mean activation, whichever recovers more.
 """
 
 from __future__ import annotations
@@ -33,11 +39,24 @@ def layer_means(model, tokenizer, texts: list[str], layers: list[int], max_lengt
     return {i: s / count for i, s in sums.items()}
 
 
+def differences(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> dict[int, tuple[torch.Tensor, float]]:
+    """Per layer, the unit vector of a − b and the norm of a − b."""
+    return {i: ((a[i] - b[i]) / (a[i] - b[i]).norm(), (a[i] - b[i]).norm().item()) for i in a}
+
+
 def directions(unlearned, base, tokenizer, texts: list[str], layers: list[int], max_length: int) -> dict:
     """Unit vector of (mean unlearned − mean base) output per layer, and its norm."""
-    a = layer_means(unlearned, tokenizer, texts, layers, max_length)
-    b = layer_means(base, tokenizer, texts, layers, max_length)
-    return {i: ((a[i] - b[i]) / (a[i] - b[i]).norm(), (a[i] - b[i]).norm().item()) for i in layers}
+    return differences(layer_means(unlearned, tokenizer, texts, layers, max_length),
+                       layer_means(base, tokenizer, texts, layers, max_length))
+
+
+def topic_directions(model, tokenizer, topic_texts: list[str], general_texts: list[str], max_length: int):
+    """From one model alone, per decoder layer: (unit vector of mean topic − mean general
+    output, its norm, that norm relative to the mean general output's norm)."""
+    layers = list(range(len(decoder_layers(model))))
+    topic = layer_means(model, tokenizer, topic_texts, layers, max_length)
+    general = layer_means(model, tokenizer, general_texts, layers, max_length)
+    return {i: (d, n, n / general[i].norm().item()) for i, (d, n) in differences(topic, general).items()}
 
 
 @contextmanager

@@ -1,32 +1,37 @@
 """`python -m rmu.attack` — robustness checks: can the removed knowledge be recovered?
 
-    python -m rmu.attack attack=all model.path=outputs/rmu-20261124-101500     # all four, summary table
-    python -m rmu.attack attack=probe model.path=outputs/rmu-20261124-101500
-    python -m rmu.attack attack=finetune 'attack.finetune.lr=[2e-6,2e-5,4e-5]' attack.finetune.steps=[100]
+    python -m rmu.attack attack=all model.path=outputs/rmu-20261124-101500     # every attack, summary table
+    python -m rmu.attack attack=in_context model.path=outputs/rmu-20261124-101500
+    python -m rmu.attack attack=finetune 'attack.finetune.lr_full=[2e-6,2e-5]' attack.finetune.steps=[100,300]
 
 `model` is the unlearned model, `base` the original (default: the bundled model). Each
 attack reports, per multiple-choice set, the base accuracy, the unlearned accuracy, the
 accuracy after the attack, and gap_recovered = (attacked − unlearned) / (base − unlearned):
-0 = nothing came back, 1 = everything did. The four attacks (docs/attacks.md) live in
-probe.py, relearn.py and ablate.py beside this file. Every setting, the data and the
-output folder are checked, and the corpora and sets read, before either model loads
-(rmu/plan.py, plan_attack).
+0 = nothing came back, 1 = everything did. Beside it, the same attack on the base model
+(its control, rmu/attack/control.py) and resistance = attacked − base attacked. The attacks
+(docs/attacks.md) live in probe.py, relearn.py, ablate.py and in_context.py beside this
+file. Every setting, the data and the output folder are checked, and the corpora and sets
+read, before either model loads (rmu/plan.py, plan_attack).
 """
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from rmu.attack.ablate import ablated, directions
+from rmu.attack.ablate import ablated, directions, topic_directions
+from rmu.attack.control import ControlCache
+from rmu.attack.in_context import shot_contexts
 from rmu.attack.probe import features, probe_features
-from rmu.attack.relearn import finetune, qa_texts, split_half
+from rmu.attack.relearn import finetune, finetune_checkpoints, qa_texts, split_half
 from rmu.checkpoint import staged_output
 from rmu.cli import run_command
-from rmu.eval import evaluate
+from rmu.eval import evaluate, score_set
 from rmu.models import load_model
 from rmu.plan import AttackPlan, plan_attack
 from rmu.schema import CONF_DIR
@@ -39,151 +44,262 @@ def gap_recovered(base: float, unlearned: float, attacked: float) -> float | Non
     return None if abs(base - unlearned) < MIN_GAP else (attacked - unlearned) / (base - unlearned)
 
 
-def _rows(attack: str, sets, base: dict, unlearned: dict, attacked: dict, detail: str) -> list[dict]:
-    return [{"attack": attack, "set": name, "role": role, "base": base[name]["acc"],
-             "unlearned": unlearned[name]["acc"], "attacked": attacked[name]["acc"],
-             "gap_recovered": gap_recovered(base[name]["acc"], unlearned[name]["acc"], attacked[name]["acc"]),
-             "detail": detail} for name, role, _ in sets if name in attacked]
+@dataclass
+class Target:
+    """What every attack works on: both models (loaded once), the sets and their clean scores."""
+    cfg: DictConfig
+    plan: AttackPlan
+    model: torch.nn.Module  # the unlearned model
+    base_model: torch.nn.Module
+    tok: object
+    base: dict  # clean scores per set
+    unlearned: dict
+    controls: ControlCache
+
+    def evaluate(self, model, sets=None) -> dict:
+        return evaluate(model, self.tok, sets or self.plan.sets, self.cfg.eval.batch_size)
+
+    def forget_mean(self, scores: dict) -> float:
+        """Mean accuracy over the forget sets: what an attacker wants up."""
+        accs = [scores[name]["acc"] for name, role, _ in self.plan.sets if role == "forget" and name in scores]
+        return sum(accs) / max(1, len(accs))
+
+    def rows(self, attack: str, attacked: dict, base_attacked: dict, detail: str, sets=None, base=None,
+             unlearned=None) -> list[dict]:
+        base, unlearned = base or self.base, unlearned or self.unlearned
+        out = []
+        for name, role, _ in sets or self.plan.sets:
+            if name not in attacked:
+                continue
+            b, u, a = base[name]["acc"], unlearned[name]["acc"], attacked[name]["acc"]
+            ba = base_attacked[name]["acc"] if name in base_attacked else None
+            out.append({"attack": attack, "set": name, "role": role, "base": b, "unlearned": u, "attacked": a,
+                        "gap_recovered": gap_recovered(b, u, a), "base_attacked": ba,
+                        "resistance": None if ba is None else a - ba, "detail": detail})
+        return out
 
 
-def run_probe(p, model, base_model, tok, sets, base, unlearned, seed):
+def run_probe(p, t: Target):
     """Per layer and pooling, probe accuracy for the base and the unlearned model; the
-    attacked accuracy of a set is the unlearned model's best layer (the attacker's pick)."""
+    attacked accuracy of a set is the unlearned model's best layer (the attacker's pick),
+    its control the base model's best layer."""
     out, rows = {}, []
+    settings = OmegaConf.to_container(p)
     # One forward pass per question and model serves every pooling.
-    feats = {(name, who): features(m, tok, items, list(p.pooling))
-             for name, _, items in sets for who, m in (("base", base_model), ("unlearned", model))}
+    feats = {name: features(t.model, t.tok, items, list(p.pooling)) for name, _, items in t.plan.sets}
+
+    def base_probes():
+        fb = {name: features(t.base_model, t.tok, items, list(p.pooling)) for name, _, items in t.plan.sets}
+        return {pooling: {name: probe_features(fb[name][pooling], items, p.train_fraction, p.weight_decay, p.steps,
+                                               p.lr, t.cfg.seed) for name, _, items in t.plan.sets}
+                for pooling in p.pooling}
+    base_per = t.controls.get("probe", settings, t.plan.sets, base_probes)
     for pooling in p.pooling:
-        out[pooling] = {}
-        best = {}
-        for name, role, items in sets:
-            per = {who: probe_features(feats[name, who][pooling], items, p.train_fraction, p.weight_decay, p.steps,
-                                       p.lr, seed) for who in ("base", "unlearned")}
+        out[pooling], best, base_best = {}, {}, {}
+        for name, role, items in t.plan.sets:
+            per = {"base": base_per[pooling][name],
+                   "unlearned": probe_features(feats[name][pooling], items, p.train_fraction, p.weight_decay, p.steps,
+                                               p.lr, t.cfg.seed)}
             layer = max(range(len(per["unlearned"])), key=per["unlearned"].__getitem__)
             base_layer = max(range(len(per["base"])), key=per["base"].__getitem__)
             out[pooling][name] = {**per, "chance": 1 / len(items[0].choices), "best_layer": layer,
                                   "base_best_layer": base_layer}
-            best[name] = {"acc": per["unlearned"][layer], "layer": layer,
-                          "base_probe": per["base"][base_layer], "base_layer": base_layer}
+            best[name] = {"acc": per["unlearned"][layer]}
+            base_best[name] = {"acc": per["base"][base_layer]}
             print(f"probe ({pooling}) {name}: per-layer accuracy, layer 0 = embeddings, chance "
                   f"{1 / len(items[0].choices):.2f}\n  base      " + " ".join(f"{x:.2f}" for x in per["base"]) +
                   "\n  unlearned " + " ".join(f"{x:.2f}" for x in per["unlearned"]))
-        for row in _rows("probe", sets, base, unlearned, best, ""):
-            b = best[row["set"]]
-            row["detail"] = (f"{pooling} probe, unlearned model's best layer {b['layer']}; base model's probe "
-                             f"{b['base_probe']:.3f} (layer {b['base_layer']})")
-            rows.append(row)
+            rows += t.rows("probe", best, base_best, f"{pooling} probe, best layer {layer} (base model's: "
+                                                    f"{base_layer})", sets=[(name, role, items)])
     return out, rows
 
 
-def run_finetune(f, cfg, plan: AttackPlan, model, tok, sets, base, unlearned):
-    corpora = {"forget": [t for c in plan.forget for t in c.texts], "retain": plan.retain.texts,
-               "unrelated": plan.unrelated.texts}
-    out, rows, worst = [], [], None
+def finetune_grid(f) -> list[dict]:
+    """Every run of the fine-tuning grid: mode × data × lr (× LoRA rank); each run is scored
+    after every step count of `steps`."""
+    runs = []
     for mode in f.modes:
         for source in f.data:
-            texts = corpora[source][:f.examples]
-            for lr in f.lr:
-                for steps in f.steps:
-                    tuned = finetune(model, tok, texts, mode, lr, steps, f.batch_size, f.max_length, f.lora_r, cfg.seed)
-                    scores = evaluate(tuned, tok, sets, cfg.eval.batch_size)
-                    del tuned
-                    forget_mean = sum(scores[n]["acc"] for n, r, _ in sets if r == "forget") / max(
-                        1, sum(r == "forget" for _, r, _ in sets))
-                    label = f"{mode}, {source} ×{len(texts)}, lr {lr:g}, {steps} steps"
-                    out.append({"mode": mode, "data": source, "examples": len(texts), "lr": lr, "steps": steps,
-                                "scores": scores, "forget_mean_acc": forget_mean})
-                    print(f"finetune {label}: " + ", ".join(f"{n} {s['acc']:.3f}" for n, s in scores.items()))
-                    if worst is None or forget_mean > worst[0]:
-                        worst = (forget_mean, label, scores)
-    rows += _rows("finetune", sets, base, unlearned, worst[2], f"worst case: {worst[1]}")
-    return {"runs": out, "worst": worst[1]}, rows
+            for lr in (f.lr_full if mode == "full" else f.lr_lora):
+                for rank in ([None] if mode == "full" else f.lora_r):
+                    runs.append({"mode": mode, "data": source, "lr": lr, "lora_r": rank})
+    return runs
 
 
-def run_ablate(a, cfg, plan: AttackPlan, model, base_model, tok, sets, base, unlearned):
-    layers = plan.ablate_layers  # attack.ablate.layers, or the layers the run edited (its results.json)
-    texts = [t for c in plan.forget for t in c.texts[:a.examples]]
-    found = directions(model, base_model, tok, texts, layers, a.max_length)
-    with ablated(model, {i: d for i, (d, _) in found.items()}):
-        scores = evaluate(model, tok, sets, cfg.eval.batch_size)
+def run_finetune(f, t: Target):
+    """The grid on the unlearned model; its worst case (highest mean forget accuracy) is the
+    attack's result, and the same settings on the base model its control."""
+    corpora = {"forget": [x for c in t.plan.forget for x in c.texts], "retain": t.plan.retain.texts,
+               "unrelated": t.plan.unrelated.texts}
+    out, worst = [], None
+    for run in finetune_grid(f):
+        texts = corpora[run["data"]][:f.examples]
+        for steps, tuned in finetune_checkpoints(t.model, t.tok, texts, run["mode"], run["lr"], list(f.steps),
+                                                 f.batch_size, f.max_length, run["lora_r"] or 8, t.cfg.seed):
+            scores = t.evaluate(tuned)
+            record = {**run, "examples": len(texts), "steps": steps, "scores": scores,
+                      "forget_mean_acc": t.forget_mean(scores)}
+            out.append(record)
+            print(f"finetune {label(record)}: " + ", ".join(f"{n} {s['acc']:.3f}" for n, s in scores.items()))
+            if worst is None or record["forget_mean_acc"] > worst["forget_mean_acc"]:
+                worst = record
+        del tuned
+    w = worst
+
+    def on_base():
+        texts = corpora[w["data"]][:f.examples]
+        tuned = finetune(t.base_model, t.tok, texts, w["mode"], w["lr"], w["steps"], f.batch_size, f.max_length,
+                         w["lora_r"] or 8, t.cfg.seed)
+        return t.evaluate(tuned)
+    settings = {k: w[k] for k in ("mode", "data", "lr", "lora_r", "steps", "examples")}
+    base_attacked = t.controls.get("finetune", {**settings, **OmegaConf.to_container(f)}, t.plan.sets, on_base)
+    rows = t.rows("finetune", w["scores"], base_attacked, f"worst of {len(out)}: {label(w)}")
+    return {"runs": out, "worst": label(w), "worst_settings": settings, "base_attacked": base_attacked}, rows
+
+
+def label(run: dict) -> str:
+    rank = f" r {run['lora_r']}" if run["mode"] == "lora" else ""
+    return f"{run['mode']}{rank}, {run['data']} ×{run['examples']}, lr {run['lr']:g}, {run['steps']} steps"
+
+
+def run_ablate(a, t: Target):
+    """The base-difference ablation at the edited layers; control: the same directions
+    projected out of the base model."""
+    layers = t.plan.ablate_layers  # attack.ablate.layers, or the layers the run edited (its results.json)
+    texts = [x for c in t.plan.forget for x in c.texts[:a.examples]]
+    found = directions(t.model, t.base_model, t.tok, texts, layers, a.max_length)
+    dirs = {i: d for i, (d, _) in found.items()}
+    with ablated(t.model, dirs):
+        scores = t.evaluate(t.model)
+    with ablated(t.base_model, dirs):  # depends on the unlearned model: not cached
+        base_attacked = t.evaluate(t.base_model)
     print("ablate: projected out the mean shift at layers " + ", ".join(
         f"{i} (norm {n:.1f})" for i, (_, n) in found.items()))
-    return ({"layers": layers, "shift_norms": {i: n for i, (_, n) in found.items()}, "scores": scores},
-            _rows("ablate", sets, base, unlearned, scores, f"layers {layers}"))
+    return ({"layers": layers, "shift_norms": {i: n for i, (_, n) in found.items()}, "scores": scores,
+             "base_attacked": base_attacked}, t.rows("ablate", scores, base_attacked, f"layers {layers}"))
 
 
-def run_heldout(h, cfg, model, base_model, tok, sets, base, unlearned):
-    """Fine-tune on half A of each forget set (questions with answers), score half B."""
+def ablate_own_topic(model, t: Target, a) -> dict:
+    """`ablate_unlearned` on one model: its own forget − general directions, projected out
+    at every layer and at its strongest layer; the stronger of the two."""
+    topic = [x for c in t.plan.forget for x in c.texts[:a.examples]]
+    general = t.plan.retain.texts[:a.examples]
+    found = topic_directions(model, t.tok, topic, general, a.max_length)
+    strongest = max(found, key=lambda i: found[i][2])
+    tried = {}
+    for placement, layers in (("every layer", list(found)), (f"layer {strongest}", [strongest])):
+        with ablated(model, {i: found[i][0] for i in layers}):
+            tried[placement] = t.evaluate(model)
+    placement = max(tried, key=lambda k: t.forget_mean(tried[k]))
+    return {"placement": placement, "scores": tried[placement], "tried": tried, "strongest_layer": strongest,
+            "relative_norms": {i: r for i, (_, _, r) in found.items()}}
+
+
+def run_ablate_unlearned(a, t: Target):
+    """Directional ablation the attacker can run with the unlearned model alone; control:
+    the same procedure on the base model."""
+    mine = ablate_own_topic(t.model, t, a)
+    base = t.controls.get("ablate_unlearned", OmegaConf.to_container(a), t.plan.sets,
+                          lambda: ablate_own_topic(t.base_model, t, a))
+    print(f"ablate_unlearned: forget − general direction of the unlearned model, {mine['placement']} "
+          f"(strongest layer {mine['strongest_layer']})")
+    return ({"unlearned": mine, "base": base},
+            t.rows("ablate_unlearned", mine["scores"], base["scores"], f"unlearned model only, {mine['placement']}"))
+
+
+def run_in_context(c, t: Target):
+    """k worked examples in front of every question, for each k; the attacked accuracy is
+    the k the unlearned model answers best with, its control the base model at that k."""
+    def scores_at(model, k):
+        return {name: score_set(model, t.tok, items, t.cfg.eval.batch_size, shot_contexts(items, k, t.cfg.seed))
+                for name, _, items in t.plan.sets}
+    per_k = {k: scores_at(t.model, k) for k in c.shots}
+    base_k = t.controls.get("in_context", OmegaConf.to_container(c), t.plan.sets,
+                            lambda: {str(k): scores_at(t.base_model, k) for k in c.shots})
+    k = max(per_k, key=lambda x: t.forget_mean(per_k[x]))
+    for x in c.shots:
+        print(f"in_context {x}-shot: " + ", ".join(f"{n} {s['acc']:.3f} (base {base_k[str(x)][n]['acc']:.3f})"
+                                                  for n, s in per_k[x].items()))
+    return ({"unlearned": {str(x): s for x, s in per_k.items()}, "base": base_k, "worst_shots": k},
+            t.rows("in_context", per_k[k], base_k[str(k)], f"{k}-shot (worst of {list(c.shots)})"))
+
+
+def run_heldout(h, t: Target):
+    """Fine-tune on half A of each forget set (questions with answers), score half B; the
+    same fine-tune on the base model is the control."""
     out, rows = {}, []
-    retain_sets = [x for x in sets if x[1] == "retain"]
-    for name, role, items in sets:
+    retain_sets = [x for x in t.plan.sets if x[1] == "retain"]
+    for name, role, items in t.plan.sets:
         if role != "forget":
             continue
-        train_half, test_half = split_half(items, cfg.seed)
+        train_half, test_half = split_half(items, t.cfg.seed)
         held = [(name, role, test_half)]
         texts = qa_texts(train_half)
-        scores = {}
-        for who, m in (("base", base_model), ("unlearned", model)):
-            scores[who] = evaluate(m, tok, held, cfg.eval.batch_size)[name]
-            tuned = finetune(m, tok, texts, h.mode, h.lr, h.steps, h.batch_size, h.max_length, h.lora_r, cfg.seed)
-            scores[f"{who}_relearned"] = evaluate(tuned, tok, held, cfg.eval.batch_size)[name]
-            if who == "unlearned":  # what the fine-tune does to the retain sets
-                retain_after = evaluate(tuned, tok, retain_sets, cfg.eval.batch_size)
-            del tuned
-        out[name] = {"train_items": len(train_half), "test_items": len(test_half), **scores}
-        print(f"heldout_relearn {name}: held-out half ({len(test_half)} q) base {scores['base']['acc']:.3f} → "
-              f"{scores['base_relearned']['acc']:.3f} after the fine-tune; unlearned {scores['unlearned']['acc']:.3f}"
-              f" → {scores['unlearned_relearned']['acc']:.3f}")
-        rows += _rows("heldout_relearn", held, {name: scores["base"]}, {name: scores["unlearned"]},
-                      {name: scores["unlearned_relearned"]},
-                      f"held-out half; base after the same fine-tune {scores['base_relearned']['acc']:.3f}")
-        rows += _rows("heldout_relearn", retain_sets, base, unlearned, retain_after, f"after the {name} fine-tune")
-        out[name]["retain_after"] = retain_after
+
+        def relearn(m, also=()):
+            tuned = finetune(m, t.tok, texts, h.mode, h.lr, h.steps, h.batch_size, h.max_length, h.lora_r, t.cfg.seed)
+            return {"before": t.evaluate(m, held)[name], "after": t.evaluate(tuned, held + list(also))}
+        base = t.controls.get("heldout_relearn", OmegaConf.to_container(h), held, lambda: relearn(t.base_model))
+        mine = relearn(t.model, retain_sets)  # and what the fine-tune does to the retain sets
+        out[name] = {"train_items": len(train_half), "test_items": len(test_half), "base": base["before"],
+                     "base_relearned": base["after"][name], "unlearned": mine["before"],
+                     "unlearned_relearned": mine["after"][name],
+                     "retain_after": {n: mine["after"][n] for n, _, _ in retain_sets}}
+        print(f"heldout_relearn {name}: held-out half ({len(test_half)} q) base {base['before']['acc']:.3f} → "
+              f"{base['after'][name]['acc']:.3f} after the fine-tune; unlearned {mine['before']['acc']:.3f}"
+              f" → {mine['after'][name]['acc']:.3f}")
+        rows += t.rows("heldout_relearn", mine["after"], base["after"], "held-out half", sets=held,
+                       base={name: base["before"]}, unlearned={name: mine["before"]})
+        rows += t.rows("heldout_relearn", mine["after"], {}, f"after the {name} fine-tune", sets=retain_sets)
     return out, rows
+
+
+RUNNERS = {"probe": run_probe, "finetune": run_finetune, "ablate": run_ablate,
+           "ablate_unlearned": run_ablate_unlearned, "in_context": run_in_context, "heldout_relearn": run_heldout}
 
 
 def summary_table(rows: list[dict]) -> str:
-    lines = ["| attack | set | role | base | unlearned | attacked | gap_recovered | detail |",
-             "|---|---|---|---|---|---|---|---|"]
+    def f(x, sign=False):
+        return "n/a" if x is None else (f"{x:+.2f}" if sign else f"{x:.3f}")
+    lines = ["| attack | set | role | base | unlearned | attacked | gap_recovered | base attacked | resistance | detail |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        gap = "n/a" if r["gap_recovered"] is None else f"{r['gap_recovered']:+.2f}"
         lines.append(f"| {r['attack']} | {r['set']} | {r['role']} | {r['base']:.3f} | {r['unlearned']:.3f} | "
-                     f"{r['attacked']:.3f} | {gap} | {r['detail']} |")
+                     f"{r['attacked']:.3f} | {f(r['gap_recovered'], True)} | {f(r['base_attacked'])} | "
+                     f"{f(r['resistance'], True)} | {r['detail']} |")
     return "\n".join(lines)
 
 
 def run(cfg: DictConfig) -> dict:
+    t0 = time.perf_counter()
     plan = plan_attack(cfg)  # raises ConfigError / DataError before either model loads
-    sets = plan.sets
     torch.manual_seed(cfg.seed)
     model, tok = load_model(cfg.model, cfg.seed)
     base_model, _ = load_model(cfg.base, cfg.seed)
     tok.padding_side = cfg.data.padding_side
     model.eval().requires_grad_(False)
     base_model.eval().requires_grad_(False)
-    base, unlearned = evaluate(base_model, tok, sets, cfg.eval.batch_size), evaluate(model, tok, sets, cfg.eval.batch_size)
-    results = {"model": cfg.model.path, "base_model": cfg.base.path, "base": base, "unlearned": unlearned,
-               "attacks": {}}
+    controls = ControlCache(cfg)
+    base = controls.get("clean", {}, plan.sets, lambda: evaluate(base_model, tok, plan.sets, cfg.eval.batch_size))
+    t = Target(cfg, plan, model, base_model, tok, base, evaluate(model, tok, plan.sets, cfg.eval.batch_size), controls)
+    results = {"model": cfg.model.path, "base_model": cfg.base.path, "base": t.base, "unlearned": t.unlearned,
+               "attacks": {}, "seconds": {}}
     rows = []
-    a = cfg.attack
-    for name in a.run:
-        if name == "probe":
-            detail, r = run_probe(a.probe, model, base_model, tok, sets, base, unlearned, cfg.seed)
-        elif name == "finetune":
-            detail, r = run_finetune(a.finetune, cfg, plan, model, tok, sets, base, unlearned)
-        elif name == "ablate":
-            detail, r = run_ablate(a.ablate, cfg, plan, model, base_model, tok, sets, base, unlearned)
-        else:
-            detail, r = run_heldout(a.heldout_relearn, cfg, model, base_model, tok, sets, base, unlearned)
-        results["attacks"][name] = detail
+    for name in cfg.attack.run:
+        started = time.perf_counter()
+        results["attacks"][name], r = RUNNERS[name](cfg.attack[name], t)
+        results["seconds"][name] = round(time.perf_counter() - started, 1)
         rows += r
     results["summary"] = rows
+    results["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+    results["control_cache"] = {"hits": controls.hits, "misses": controls.misses}
     table = summary_table(rows)
     with staged_output(cfg.output_dir, cfg.overwrite) as out:
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / "summary.md").write_text(f"# Robustness of {cfg.model.path}\n\nbase model: {cfg.base.path}\n\n{table}\n")
     print(table)
-    print(f"attack: wrote {cfg.output_dir}")
+    print(f"attack: wrote {cfg.output_dir} in {results['seconds']['total']:.0f} s "
+          f"(base-model controls: {controls.hits} cached, {controls.misses} computed)")
     return results
 
 

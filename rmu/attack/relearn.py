@@ -20,10 +20,12 @@ from rmu.adapters import wrap
 from rmu.data import MCQItem, tokenize
 
 
-def finetune(model, tokenizer, texts: list[str], mode: str, lr: float, steps: int, batch_size: int,
-             max_length: int, lora_r: int, seed: int):
-    """A fine-tuned copy of `model` (the input is left untouched): AdamW, causal-LM loss
-    on `texts` (cycled in order), full parameters or LoRA on every linear layer."""
+def finetune_checkpoints(model, tokenizer, texts: list[str], mode: str, lr: float, checkpoints: list[int],
+                         batch_size: int, max_length: int, lora_r: int, seed: int):
+    """Fine-tune a copy of `model` (the input is left untouched) and yield (steps, tuned model
+    in eval mode) after each of the step counts in `checkpoints`: one run serves every step
+    count of a grid. AdamW, causal-LM loss on `texts` (cycled in order), full parameters or
+    LoRA (rank `lora_r`, alpha 2r) on every linear layer."""
     torch.manual_seed(seed)
     tuned = copy.deepcopy(model)
     if mode == "lora":
@@ -33,19 +35,29 @@ def finetune(model, tokenizer, texts: list[str], mode: str, lr: float, steps: in
         tuned = wrap(tuned, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules="all-linear"))
     else:
         tuned.requires_grad_(True)
-    tuned.train()
     params = [p for p in tuned.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
     device = next(tuned.parameters()).device
-    for step in range(steps):
-        batch = [texts[(step * batch_size + j) % len(texts)] for j in range(batch_size)]
-        enc = tokenize(tokenizer, batch, max_length, device)
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)  # no loss on padding
-        loss = tuned(**enc, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    tuned.eval()
+    done = 0
+    for target in sorted(set(checkpoints)):
+        tuned.train()
+        for step in range(done, target):
+            batch = [texts[(step * batch_size + j) % len(texts)] for j in range(batch_size)]
+            enc = tokenize(tokenizer, batch, max_length, device)
+            labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)  # no loss on padding
+            loss = tuned(**enc, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        done = target
+        yield target, tuned.eval()
+
+
+def finetune(model, tokenizer, texts: list[str], mode: str, lr: float, steps: int, batch_size: int,
+             max_length: int, lora_r: int, seed: int):
+    """A fine-tuned copy of `model` after `steps` steps (finetune_checkpoints), LoRA merged in."""
+    *_, (_, tuned) = finetune_checkpoints(model, tokenizer, texts, mode, lr, [steps], batch_size, max_length,
+                                          lora_r, seed)
     return tuned.merge_and_unload() if mode == "lora" else tuned.requires_grad_(False)
 
 
