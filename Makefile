@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast bench clean
+.PHONY: help install demo test test-fast bench robust clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,6 +33,9 @@ test-fast: install  ## the inner loop: everything but e2e, slow, distributed and
 
 bench: install  ## time the RMU step against the reference loop on the bundled model (CPU, ~15 min)
 	$(PY) experiments/bench/bench.py
+
+robust: install  ## train the recipes of experiments/robust/recipes.yaml over seeds, attack each, write results.md + robust.png
+	$(PY) experiments/robust/compare.py
 
 clean:  ## remove .venv and outputs
 	rm -rf $(VENV) outputs

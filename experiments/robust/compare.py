@@ -1,0 +1,206 @@
+"""`make robust`: unlearning recipes side by side under the attacks, over seeds.
+
+    python experiments/robust/compare.py                                  # experiments/robust/recipes.yaml
+    python experiments/robust/compare.py --config my_recipes.yaml --out my_dir
+    python experiments/robust/compare.py --launcher slurm                 # each run a SLURM job (rmu/sweep.py)
+
+For every recipe, the seeds train as one Hydra sweep of `python -m rmu.train` (recipe
+overrides, `seed=<s>`, `output_dir=<work>/<recipe>/seed<s>`), then the trained models are
+attacked as one sweep of `python -m rmu.attack` (`output_dir=<model>-attack`), with the
+base-model controls shared by all of them (`control_cache=<work>/controls`). A run whose
+results.json exists is not redone: a killed comparison resumes where it stopped (the
+trainer and the attack command write their folders atomically, so a killed run leaves
+nothing that looks finished). Hydra's basic launcher runs the jobs one after another
+here; `--launcher slurm` (or any hydra/launcher option) sends each to the cluster.
+
+Then it writes `<out>/results.md` (recipe × attack: gap_recovered median and spread over
+seeds, the resistance to the same attack on the base model, clean forget and general
+accuracy, training time per step relative to the first recipe) and `<out>/robust.png`
+(clean forget accuracy against worst gap_recovered, one point per recipe, bars over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+
+
+def load_config(path: Path) -> dict:
+    cfg = yaml.safe_load(path.read_text())
+    missing = [k for k in ("seeds", "recipes", "train", "attack") if k not in cfg]
+    if missing:
+        sys.exit(f"error: {path}: missing key {missing[0]!r} (seeds, recipes, train, attack)")
+    unknown = sorted(set(cfg) - {"seeds", "recipes", "train", "attack", "work_dir"})
+    if unknown:
+        sys.exit(f"error: {path}: unknown key {unknown[0]!r}; allowed: seeds, recipes, train, attack, work_dir")
+    if not cfg["recipes"] or not all(isinstance(v, list) for v in cfg["recipes"].values()):
+        sys.exit(f"error: {path}: recipes must map each recipe name to a list of rmu.train overrides")
+    return cfg
+
+
+def sweep(module: str, overrides: list[str], launcher: str | None, sweep_dir: Path) -> None:
+    """One Hydra sweep (-m) of `python -m <module>`; stops the comparison if a job failed."""
+    cmd = [sys.executable, "-m", module, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    if launcher:
+        cmd.append(f"hydra/launcher={launcher}")
+    print(f"robust: {' '.join(cmd[1:])}", flush=True)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"robust: `{module}` failed (exit {proc.returncode}); the finished runs are kept, run again to resume")
+
+
+def run_all(cfg: dict, work: Path, launcher: str | None) -> None:
+    """Train and attack every recipe × seed that has no results yet."""
+    for recipe, overrides in cfg["recipes"].items():
+        folder = work / recipe
+        todo = [s for s in cfg["seeds"] if not (folder / f"seed{s}" / "results.json").is_file()]
+        if todo:
+            sweep("rmu.train", [*cfg["train"], *overrides, f"seed={','.join(map(str, todo))}",
+                                f"output_dir={folder}/seed${{seed}}"], launcher, work / "sweeps" / f"{recipe}-train")
+        models = [folder / f"seed{s}" for s in cfg["seeds"]]
+        todo = [m for m in models if not (m.with_name(m.name + "-attack") / "results.json").is_file()]
+        if todo:
+            sweep("rmu.attack", [*cfg["attack"], f"model.path={','.join(map(str, todo))}",
+                                 "output_dir=${model.path}-attack", f"control_cache={work / 'controls'}"],
+                  launcher, work / "sweeps" / f"{recipe}-attack")
+
+
+def forget_gap(rows: list[dict], attack: str) -> float | None:
+    """Mean gap_recovered over the forget sets of one attack (None where no set had a gap)."""
+    gaps = [r["gap_recovered"] for r in rows if r["attack"] == attack and r["role"] == "forget"
+            and r["gap_recovered"] is not None]
+    return sum(gaps) / len(gaps) if gaps else None
+
+
+def forget_resistance(rows: list[dict], attack: str) -> float | None:
+    vals = [r["resistance"] for r in rows if r["attack"] == attack and r["role"] == "forget"
+            and r.get("resistance") is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def mean_acc(evals: dict, role: str) -> float:
+    accs = [e["unlearned"]["acc"] for e in evals.values() if e["role"] == role]
+    return sum(accs) / len(accs)
+
+
+def collect(cfg: dict, work: Path) -> dict:
+    """Per recipe: per seed, clean accuracy, time per step, and per attack gap and resistance."""
+    out = {}
+    for recipe in cfg["recipes"]:
+        seeds = []
+        for s in cfg["seeds"]:
+            run = json.loads((work / recipe / f"seed{s}" / "results.json").read_text())
+            attack = json.loads((work / recipe / f"seed{s}-attack" / "results.json").read_text())
+            attacks = list(attack["attacks"])
+            seeds.append({"forget": mean_acc(run["eval"], "forget"), "general": mean_acc(run["eval"], "retain"),
+                          "base_general": sum(e["base"]["acc"] for e in run["eval"].values() if e["role"] == "retain")
+                          / sum(e["role"] == "retain" for e in run["eval"].values()),
+                          "step_s": run["seconds"]["train"] / run["steps"],
+                          "gap": {a: forget_gap(attack["summary"], a) for a in attacks},
+                          "resistance": {a: forget_resistance(attack["summary"], a) for a in attacks},
+                          "seconds": run["seconds"]["total"] + attack["seconds"]["total"]})
+        out[recipe] = seeds
+    return out
+
+
+def spread(values: list[float | None]) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    return f"{statistics.median(vals):+.2f} [{min(vals):+.2f}, {max(vals):+.2f}]"
+
+
+def worst(seed: dict) -> float:
+    return max((g for g in seed["gap"].values() if g is not None), default=0.0)
+
+
+def results_md(cfg: dict, data: dict) -> str:
+    recipes = list(data)
+    attacks = list(data[recipes[0]][0]["gap"])
+    ref_step = statistics.median(s["step_s"] for s in data[recipes[0]])
+    minutes = sum(s["seconds"] for seeds in data.values() for s in seeds) / 60
+    lines = [f"# Recipes under attack ({len(cfg['seeds'])} seeds each)", "",
+             "Written by `make robust` (experiments/robust/compare.py) from "
+             f"its config; training and attacking took {minutes:.0f} min in all (the sum of the runs' own "
+             "times, base-model controls computed once and shared).", "",
+             "gap_recovered: mean over the forget sets of (attacked − unlearned) / (base − unlearned); "
+             "median over seeds [min, max]. 0 = nothing came back, 1 = all of it.", "",
+             "| recipe | clean forget acc | general acc (% of base) | time / step (× " + recipes[0] + ") | "
+             + " | ".join(attacks) + " | worst |", "|---" * (5 + len(attacks)) + "|"]
+    for recipe in recipes:
+        seeds = data[recipe]
+        forget = statistics.median(s["forget"] for s in seeds)
+        general = statistics.median(s["general"] for s in seeds)
+        base_general = seeds[0]["base_general"]
+        step = statistics.median(s["step_s"] for s in seeds) / ref_step
+        cells = [spread([s["gap"][a] for s in seeds]) for a in attacks]
+        lines.append(f"| {recipe} | {forget:.3f} | {general:.3f} ({100 * general / base_general:.0f}%) | {step:.2f} | "
+                     + " | ".join(cells) + f" | {spread([worst(s) for s in seeds])} |")
+    lines += ["", "Resistance: attacked accuracy of the unlearned model minus that of the base model under the "
+                  "same attack (forget sets, median over seeds [min, max]); below 0, the attack does not bring "
+                  "the unlearned model as far as it brings the base model.", "",
+              "| recipe | " + " | ".join(attacks) + " |", "|---" * (1 + len(attacks)) + "|"]
+    for recipe in recipes:
+        lines.append(f"| {recipe} | " + " | ".join(spread([s["resistance"][a] for s in data[recipe]])
+                                                   for a in attacks) + " |")
+    lines += ["", "Recipes (overrides of `python -m rmu.train`):", ""]
+    lines += [f"- `{r}`: `{' '.join(o) or '(defaults)'}`" for r, o in cfg["recipes"].items()]
+    lines += ["", f"Attacks: `python -m rmu.attack {' '.join(cfg['attack'])}`", "", "![recipes](robust.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for recipe, seeds in data.items():
+        x = [s["forget"] for s in seeds]
+        y = [worst(s) for s in seeds]
+        mx, my = statistics.median(x), statistics.median(y)
+        ax.errorbar(mx, my, xerr=[[mx - min(x)], [max(x) - mx]], yerr=[[my - min(y)], [max(y) - my]], fmt="o",
+                    capsize=4, label=recipe)
+    ax.set(xlabel="clean forget accuracy (mean of the forget sets)", ylabel="worst gap_recovered over the attacks",
+           title="Recipes: median and range over seeds")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, default=HERE / "recipes.yaml")
+    p.add_argument("--out", type=Path, default=HERE, help="where results.md and robust.png go")
+    p.add_argument("--launcher", default=None, help="a hydra/launcher option, e.g. slurm (default: one after another)")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config)
+    work = Path(cfg.get("work_dir") or args.out / "runs").absolute()
+    started = time.perf_counter()
+    run_all(cfg, work, args.launcher)
+    data = collect(cfg, work)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.md").write_text(results_md(cfg, data))
+    plot(data, args.out / "robust.png")
+    print(f"robust: wrote {args.out / 'results.md'} and {args.out / 'robust.png'} "
+          f"({(time.perf_counter() - started) / 60:.1f} min in this call)")
+
+
+if __name__ == "__main__":
+    main()

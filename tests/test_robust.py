@@ -1,0 +1,65 @@
+"""`make robust` (experiments/robust/compare.py) end to end on the tiny model: 2 recipes ×
+1 seed, a tiny attack grid, killed mid-way and resumed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, TINY
+
+COMPARE = ROOT / "experiments" / "robust" / "compare.py"
+ATTACK = ["attack=all", "model@base=tiny_random", "eval.batch_size=32", "attack.probe.steps=20",
+          "attack.probe.pooling=[last_token]", "attack.finetune.examples=8", "attack.finetune.lr_full=[1e-4]",
+          "attack.finetune.lr_lora=[1e-3]", "attack.finetune.steps=[2]", "attack.finetune.modes=[full]",
+          "attack.finetune.data=[unrelated]", "attack.heldout_relearn.steps=2", "attack.ablate.examples=8",
+          "attack.ablate_unlearned.examples=8", "attack.in_context.shots=[0,1]"]
+
+
+def compare(config: Path, out: Path, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen([sys.executable, str(COMPARE), "--config", str(config), "--out", str(out)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_compare_two_recipes_resumes_after_a_kill(tmp_path):
+    config = tmp_path / "recipes.yaml"
+    config.write_text(yaml.safe_dump({
+        "seeds": [0], "train": [*TINY, "eval=bundled", "eval.batch_size=32"],
+        "recipes": {"plain": [], "weak": ["rmu.alpha=1000", "trainer.max_steps=2"]}, "attack": ATTACK}))
+    out = tmp_path / "out"
+    first = compare(config, out, start_new_session=True)
+    plain_attack = out / "runs" / "plain" / "seed0-attack" / "results.json"
+    deadline = time.time() + 600
+    while not plain_attack.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert first.poll() is None, first.stdout.read()[-3000:]
+    os.killpg(first.pid, signal.SIGKILL)  # the comparison and the run it started
+    first.wait()
+    trained = (out / "runs" / "plain" / "seed0" / "results.json").stat().st_mtime_ns
+    attacked = plain_attack.stat().st_mtime_ns
+
+    second = compare(config, out)
+    log, _ = second.communicate(timeout=900)
+    assert second.returncode == 0, log[-3000:]
+    # The finished recipe was not redone; the other one was trained and attacked.
+    assert (out / "runs" / "plain" / "seed0" / "results.json").stat().st_mtime_ns == trained
+    assert plain_attack.stat().st_mtime_ns == attacked
+    assert "model.path=" + str(out / "runs" / "plain" / "seed0") not in log
+    assert (out / "runs" / "weak" / "seed0-attack" / "results.json").is_file()
+
+    md = (out / "results.md").read_text()
+    assert "| recipe | clean forget acc | general acc (% of base) | time / step (× plain) |" in md
+    rows = {}  # the first table's row of each recipe
+    for line in md.splitlines():
+        if line.startswith(("| plain |", "| weak |")):
+            rows.setdefault(line.split(" | ")[0].lstrip("| "), line)
+    assert set(rows) == {"plain", "weak"}
+    assert "| 1.00 |" in rows["plain"]  # time per step relative to itself
+    assert (out / "robust.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
