@@ -13,7 +13,7 @@ from rmu.attack.in_context import shot_contexts
 from rmu.attack.probe import features, fit_and_score, probe_features
 from rmu.data import MCQItem, load_corpus, load_mcq, tokenize
 from rmu.models import load_model
-from tests.conftest import TINY, make_cfg, run_cli
+from tests.conftest import ROOT, TINY, make_cfg, run_cli
 from tests.reference import layer_output
 
 SMALL = ["model=tiny_random", "model.arch=null", "model@base=tiny_random", "eval.batch_size=32",
@@ -202,3 +202,41 @@ def test_in_context_examples_never_hold_the_scored_question():
                 first = next(o for o in items if context.startswith(f"Question: {o.question}\n"))
                 assert context.startswith(f"Question: {first.question}\nAnswer: {first.choices[first.answer]}\n\n")
     assert shot_contexts(items, 3, seed=0) == shot_contexts(items, 3, seed=0) != shot_contexts(items, 3, seed=1)
+
+
+def test_control_cache_hits_only_for_the_same_settings(tmp_path):
+    from rmu.attack.control import ControlCache
+
+    cfg = make_cfg(["model@base=tiny_random", f"control_cache={tmp_path}"], config_name="attack")
+    sets = [("chem", "forget", load_mcq("bundled:mcq_chem.jsonl")[:3])]
+    cache, calls = ControlCache(cfg), []
+
+    def compute(value):
+        return lambda: calls.append(value) or {"acc": value}
+    worst = {"mode": "lora", "data": "forget", "lr": 1e-3, "lora_r": 8, "steps": 25, "examples": 32}
+    assert cache.get("finetune", {"worst": worst}, sets, compute(1)) == {"acc": 1}
+    assert cache.get("finetune", {"worst": worst}, sets, compute(2)) == {"acc": 1}  # cached
+    assert cache.get("finetune", {"worst": {**worst, "steps": 100}}, sets, compute(3)) == {"acc": 3}
+    fewer = [(n, r, items[:2]) for n, r, items in sets]  # other questions: another key
+    assert cache.get("finetune", {"worst": worst}, fewer, compute(4)) == {"acc": 4}
+    assert calls == [1, 3, 4] and (cache.hits, cache.misses) == (1, 3)
+    other_base = ControlCache(make_cfg(["model@base=smollm2_135m", f"control_cache={tmp_path}"], config_name="attack"))
+    assert other_base.get("finetune", {"worst": worst}, sets, compute(5)) == {"acc": 5}
+
+
+def test_comparison_takes_the_attackers_best_probe_row_per_set():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare", ROOT / "experiments" / "robust" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    rows = [{"attack": "probe", "set": "chem", "role": "forget", "gap_recovered": 0.1},
+            {"attack": "probe", "set": "chem", "role": "forget", "gap_recovered": 0.5},  # another pooling
+            {"attack": "probe", "set": "astro", "role": "forget", "gap_recovered": 0.3},
+            {"attack": "probe", "set": "general", "role": "retain", "gap_recovered": None},
+            {"attack": "ablate", "set": "chem", "role": "forget", "gap_recovered": None}]
+    assert compare.forget_mean(rows, "probe", "gap_recovered") == pytest.approx((0.5 + 0.3) / 2)
+    assert compare.forget_mean(rows, "ablate", "gap_recovered") is None
+    assert compare.worst({"gap": {"probe": 0.4, "ablate": None}}) == 0.4
+    assert compare.worst({"gap": {"ablate": None}}) is None
+    assert compare.spread([0.2, None, -0.1, 0.5]) == "+0.20 [-0.10, +0.50]"

@@ -43,7 +43,8 @@ def test_every_attack_option_composes_and_validates(option, tmp_path):
     cfg = make_cfg([f"attack={option}", "model=tiny_random", "model@base=tiny_random",
                     f"output_dir={tmp_path / 'o'}"], config_name="attack")
     check_attack(cfg)
-    assert list(cfg.attack.run) == (["probe", "finetune", "ablate", "heldout_relearn"] if option == "all" else [option])
+    every = ["probe", "finetune", "ablate", "ablate_unlearned", "in_context", "heldout_relearn"]
+    assert list(cfg.attack.run) == (every if option == "all" else [option])
 
 
 def test_eval_config_composes():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT))  # rmu from this checkout, also when it is not installed
+from rmu.results import RunResults  # noqa: E402
 
 
 def load_config(path: Path) -> dict:
@@ -46,6 +49,9 @@ def load_config(path: Path) -> dict:
         sys.exit(f"error: {path}: unknown key {unknown[0]!r}; allowed: seeds, recipes, train, attack, work_dir")
     if not cfg["recipes"] or not all(isinstance(v, list) for v in cfg["recipes"].values()):
         sys.exit(f"error: {path}: recipes must map each recipe name to a list of rmu.train overrides")
+    bad = [r for r in cfg["recipes"] if not re.fullmatch(r"[\w.-]+", r)]
+    if bad:
+        sys.exit(f"error: {path}: recipe name {bad[0]!r}: letters, digits, _ . - only (it names a folder)")
     return cfg
 
 
@@ -61,38 +67,41 @@ def sweep(module: str, overrides: list[str], launcher: str | None, sweep_dir: Pa
         sys.exit(f"robust: `{module}` failed (exit {proc.returncode}); the finished runs are kept, run again to resume")
 
 
+def same_settings(folder: Path, settings: dict) -> None:
+    """Record what a recipe's runs were made with; refuse to resume them under other settings."""
+    record = folder / "recipe.json"
+    if record.is_file() and json.loads(record.read_text()) != settings:
+        sys.exit(f"robust: {folder} holds runs of other settings than {settings}; move it away or restore them")
+    folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings, indent=1) + "\n")
+
+
 def run_all(cfg: dict, work: Path, launcher: str | None) -> None:
     """Train and attack every recipe × seed that has no results yet."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     for recipe, overrides in cfg["recipes"].items():
         folder = work / recipe
+        same_settings(folder, {"train": [*cfg["train"], *overrides], "attack": cfg["attack"]})
         todo = [s for s in cfg["seeds"] if not (folder / f"seed{s}" / "results.json").is_file()]
         if todo:
             sweep("rmu.train", [*cfg["train"], *overrides, f"seed={','.join(map(str, todo))}",
-                                f"output_dir={folder}/seed${{seed}}"], launcher, work / "sweeps" / f"{recipe}-train")
+                                f"output_dir={folder}/seed${{seed}}"], launcher, work / "sweeps" / f"{stamp}-{recipe}-train")
         models = [folder / f"seed{s}" for s in cfg["seeds"]]
         todo = [m for m in models if not (m.with_name(m.name + "-attack") / "results.json").is_file()]
         if todo:
             sweep("rmu.attack", [*cfg["attack"], f"model.path={','.join(map(str, todo))}",
                                  "output_dir=${model.path}-attack", f"control_cache={work / 'controls'}"],
-                  launcher, work / "sweeps" / f"{recipe}-attack")
+                  launcher, work / "sweeps" / f"{stamp}-{recipe}-attack")
 
 
-def forget_gap(rows: list[dict], attack: str) -> float | None:
-    """Mean gap_recovered over the forget sets of one attack (None where no set had a gap)."""
-    gaps = [r["gap_recovered"] for r in rows if r["attack"] == attack and r["role"] == "forget"
-            and r["gap_recovered"] is not None]
-    return sum(gaps) / len(gaps) if gaps else None
-
-
-def forget_resistance(rows: list[dict], attack: str) -> float | None:
-    vals = [r["resistance"] for r in rows if r["attack"] == attack and r["role"] == "forget"
-            and r.get("resistance") is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
-def mean_acc(evals: dict, role: str) -> float:
-    accs = [e["unlearned"]["acc"] for e in evals.values() if e["role"] == role]
-    return sum(accs) / len(accs)
+def forget_mean(rows: list[dict], attack: str, key: str) -> float | None:
+    """Mean over the forget sets of one attack's `key` (gap_recovered or resistance); per set
+    the attacker's best row (the probe has one row per pooling). None where no set has one."""
+    best = {}
+    for r in rows:
+        if r["attack"] == attack and r["role"] == "forget" and r.get(key) is not None:
+            best[r["set"]] = max(best.get(r["set"], r[key]), r[key])
+    return sum(best.values()) / len(best) if best else None
 
 
 def collect(cfg: dict, work: Path) -> dict:
@@ -101,16 +110,15 @@ def collect(cfg: dict, work: Path) -> dict:
     for recipe in cfg["recipes"]:
         seeds = []
         for s in cfg["seeds"]:
-            run = json.loads((work / recipe / f"seed{s}" / "results.json").read_text())
+            run = RunResults.read(work / recipe / f"seed{s}")
             attack = json.loads((work / recipe / f"seed{s}-attack" / "results.json").read_text())
-            attacks = list(attack["attacks"])
-            seeds.append({"forget": mean_acc(run["eval"], "forget"), "general": mean_acc(run["eval"], "retain"),
-                          "base_general": sum(e["base"]["acc"] for e in run["eval"].values() if e["role"] == "retain")
-                          / sum(e["role"] == "retain" for e in run["eval"].values()),
-                          "step_s": run["seconds"]["train"] / run["steps"],
-                          "gap": {a: forget_gap(attack["summary"], a) for a in attacks},
-                          "resistance": {a: forget_resistance(attack["summary"], a) for a in attacks},
-                          "seconds": run["seconds"]["total"] + attack["seconds"]["total"]})
+            retain = [e["base"]["acc"] for e in run.eval.values() if e["role"] == "retain"]
+            seeds.append({"forget": run.mean_unlearned_acc("forget"), "general": run.mean_unlearned_acc("retain"),
+                          "base_general": sum(retain) / len(retain) if retain else None,
+                          "step_s": run.seconds["train"] / run.steps,
+                          "gap": {a: forget_mean(attack["summary"], a, "gap_recovered") for a in attack["attacks"]},
+                          "resistance": {a: forget_mean(attack["summary"], a, "resistance") for a in attack["attacks"]},
+                          "seconds": run.seconds["total"] + attack["seconds"]["total"]})
         out[recipe] = seeds
     return out
 
@@ -122,8 +130,18 @@ def spread(values: list[float | None]) -> str:
     return f"{statistics.median(vals):+.2f} [{min(vals):+.2f}, {max(vals):+.2f}]"
 
 
-def worst(seed: dict) -> float:
-    return max((g for g in seed["gap"].values() if g is not None), default=0.0)
+def worst(seed: dict) -> float | None:
+    """The largest gap_recovered over the attacks; None where unlearning left no gap to recover."""
+    return max((g for g in seed["gap"].values() if g is not None), default=None)
+
+
+def median(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(x: float | None, pattern: str = "{:.3f}") -> str:
+    return "n/a" if x is None else pattern.format(x)
 
 
 def results_md(cfg: dict, data: dict) -> str:
@@ -141,12 +159,11 @@ def results_md(cfg: dict, data: dict) -> str:
              + " | ".join(attacks) + " | worst |", "|---" * (5 + len(attacks)) + "|"]
     for recipe in recipes:
         seeds = data[recipe]
-        forget = statistics.median(s["forget"] for s in seeds)
-        general = statistics.median(s["general"] for s in seeds)
-        base_general = seeds[0]["base_general"]
+        general, base_general = median(s["general"] for s in seeds), seeds[0]["base_general"]
+        share = f" ({100 * general / base_general:.0f}%)" if general is not None and base_general else ""
         step = statistics.median(s["step_s"] for s in seeds) / ref_step
         cells = [spread([s["gap"][a] for s in seeds]) for a in attacks]
-        lines.append(f"| {recipe} | {forget:.3f} | {general:.3f} ({100 * general / base_general:.0f}%) | {step:.2f} | "
+        lines.append(f"| {recipe} | {fmt(median(s['forget'] for s in seeds))} | {fmt(general)}{share} | {step:.2f} | "
                      + " | ".join(cells) + f" | {spread([worst(s) for s in seeds])} |")
     lines += ["", "Resistance: attacked accuracy of the unlearned model minus that of the base model under the "
                   "same attack (forget sets, median over seeds [min, max]); below 0, the attack does not bring "
@@ -169,8 +186,10 @@ def plot(data: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for recipe, seeds in data.items():
-        x = [s["forget"] for s in seeds]
-        y = [worst(s) for s in seeds]
+        points = [(s["forget"], worst(s)) for s in seeds if s["forget"] is not None and worst(s) is not None]
+        if not points:  # no forget set, or nothing to recover: nothing to place
+            continue
+        x, y = [p[0] for p in points], [p[1] for p in points]
         mx, my = statistics.median(x), statistics.median(y)
         ax.errorbar(mx, my, xerr=[[mx - min(x)], [max(x) - mx]], yerr=[[my - min(y)], [max(y) - my]], fmt="o",
                     capsize=4, label=recipe)

@@ -26,16 +26,31 @@ from rmu.hooks import decoder_layers
 @torch.no_grad()
 def layer_means(model, tokenizer, texts: list[str], layers: list[int], max_length: int,
                 batch_size: int = 8) -> dict[int, torch.Tensor]:
-    """Mean output (D,) of each decoder layer in `layers` over the real tokens of `texts`."""
+    """Mean output (D,) of each decoder layer in `layers` over the real tokens of `texts`.
+
+    Read with forward hooks on the layers themselves, the space `ablated` projects in
+    (the model's last hidden state is taken after the final norm, not the last layer's output)."""
     device = next(model.parameters()).device
-    sums, count = {i: 0.0 for i in layers}, 0
-    for start in range(0, len(texts), batch_size):
-        enc = tokenize(tokenizer, texts[start:start + batch_size], max_length, device)
-        hidden = model(**enc, output_hidden_states=True).hidden_states  # index i + 1 = output of layer i
-        mask = enc["attention_mask"].bool()
-        for i in layers:
-            sums[i] = sums[i] + hidden[i + 1][mask].float().sum(0)
-        count += int(mask.sum())
+    blocks = decoder_layers(model)
+    sums, count, outputs = {i: 0.0 for i in layers}, 0, {}
+
+    def keep(i):
+        def hook(module, args, output):
+            outputs[i] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    handles = [blocks[i].register_forward_hook(keep(i)) for i in layers]
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = tokenize(tokenizer, texts[start:start + batch_size], max_length, device)
+            model(**enc, use_cache=False)
+            mask = enc["attention_mask"].bool()
+            for i in layers:
+                sums[i] = sums[i] + outputs[i][mask].float().sum(0)
+            count += int(mask.sum())
+    finally:
+        for h in handles:
+            h.remove()
     return {i: s / count for i, s in sums.items()}
 
 
@@ -67,12 +82,12 @@ def ablated(model, dirs: dict[int, torch.Tensor]):
     def hook(d):
         def project(module, args, output):
             h = output[0] if isinstance(output, tuple) else output
-            dd = d.to(h.dtype)
-            h = h - (h @ dd).unsqueeze(-1) * dd
+            dd = d.to(h.device)  # float32: no half-precision residue left along d̂
+            h = h - ((h.float() @ dd).unsqueeze(-1) * dd).to(h.dtype)
             return (h, *output[1:]) if isinstance(output, tuple) else h
         return project
 
-    handles = [layers[i].register_forward_hook(hook(d.to(next(model.parameters()).device))) for i, d in dirs.items()]
+    handles = [layers[i].register_forward_hook(hook(d.float())) for i, d in dirs.items()]
     try:
         yield model
     finally:

@@ -66,9 +66,10 @@ class Target:
 
     def rows(self, attack: str, attacked: dict, base_attacked: dict, detail: str, sets=None, base=None,
              unlearned=None) -> list[dict]:
-        base, unlearned = base or self.base, unlearned or self.unlearned
+        base = self.base if base is None else base
+        unlearned = self.unlearned if unlearned is None else unlearned
         out = []
-        for name, role, _ in sets or self.plan.sets:
+        for name, role, _ in self.plan.sets if sets is None else sets:
             if name not in attacked:
                 continue
             b, u, a = base[name]["acc"], unlearned[name]["acc"], attacked[name]["acc"]
@@ -126,6 +127,11 @@ def finetune_grid(f) -> list[dict]:
     return runs
 
 
+def label(run: dict) -> str:
+    rank = f" r {run['lora_r']}" if run["mode"] == "lora" else ""
+    return f"{run['mode']}{rank}, {run['data']} ×{run['examples']}, lr {run['lr']:g}, {run['steps']} steps"
+
+
 def run_finetune(f, t: Target):
     """The grid on the unlearned model; its worst case (highest mean forget accuracy) is the
     attack's result, and the same settings on the base model its control."""
@@ -144,7 +150,7 @@ def run_finetune(f, t: Target):
             if worst is None or record["forget_mean_acc"] > worst["forget_mean_acc"]:
                 worst = record
         del tuned
-    w = worst
+    w = worst  # the settings the control repeats on the base model
 
     def on_base():
         texts = corpora[w["data"]][:f.examples]
@@ -152,14 +158,10 @@ def run_finetune(f, t: Target):
                          w["lora_r"] or 8, t.cfg.seed)
         return t.evaluate(tuned)
     settings = {k: w[k] for k in ("mode", "data", "lr", "lora_r", "steps", "examples")}
-    base_attacked = t.controls.get("finetune", {**settings, **OmegaConf.to_container(f)}, t.plan.sets, on_base)
+    key = {"worst": settings, "batch_size": f.batch_size, "max_length": f.max_length, "unrelated": f.unrelated}
+    base_attacked = t.controls.get("finetune", key, t.plan.sets, on_base)
     rows = t.rows("finetune", w["scores"], base_attacked, f"worst of {len(out)}: {label(w)}")
     return {"runs": out, "worst": label(w), "worst_settings": settings, "base_attacked": base_attacked}, rows
-
-
-def label(run: dict) -> str:
-    rank = f" r {run['lora_r']}" if run["mode"] == "lora" else ""
-    return f"{run['mode']}{rank}, {run['data']} ×{run['examples']}, lr {run['lr']:g}, {run['steps']} steps"
 
 
 def run_ablate(a, t: Target):
@@ -179,7 +181,7 @@ def run_ablate(a, t: Target):
              "base_attacked": base_attacked}, t.rows("ablate", scores, base_attacked, f"layers {layers}"))
 
 
-def ablate_own_topic(model, t: Target, a) -> dict:
+def ablate_own_topic(a, t: Target, model) -> dict:
     """`ablate_unlearned` on one model: its own forget − general directions, projected out
     at every layer and at its strongest layer; the stronger of the two."""
     topic = [x for c in t.plan.forget for x in c.texts[:a.examples]]
@@ -198,9 +200,9 @@ def ablate_own_topic(model, t: Target, a) -> dict:
 def run_ablate_unlearned(a, t: Target):
     """Directional ablation the attacker can run with the unlearned model alone; control:
     the same procedure on the base model."""
-    mine = ablate_own_topic(t.model, t, a)
+    mine = ablate_own_topic(a, t, t.model)
     base = t.controls.get("ablate_unlearned", OmegaConf.to_container(a), t.plan.sets,
-                          lambda: ablate_own_topic(t.base_model, t, a))
+                          lambda: ablate_own_topic(a, t, t.base_model))
     print(f"ablate_unlearned: forget − general direction of the unlearned model, {mine['placement']} "
           f"(strongest layer {mine['strongest_layer']})")
     return ({"unlearned": mine, "base": base},

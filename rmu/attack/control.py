@@ -6,9 +6,10 @@ goes. `resistance = attacked unlearned accuracy − attacked base accuracy`: nea
 0, the attack brings the unlearned model back to where it brings the base model.
 
 The base model is the same for every recipe and seed of a comparison, so its results are
-kept in `control_cache` (default `$RMU_CACHE/attack-controls/`, ~/.cache/rmu), keyed by everything they
-depend on: the base model's config, the sets' items, the attack's settings and data, the
-seed.
+kept in `control_cache` (default `$RMU_CACHE/attack-controls/`, ~/.cache/rmu), keyed by
+what they depend on: the base model's config (not its weights: a changed checkpoint at the
+same path needs a fresh cache), the sets' items, the attack's settings and data, the seed.
+Jobs running at once may each compute the same control; the last write wins.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-VERSION = 1  # part of every key: raise it when an attack's computation changes
+VERSION = 2  # part of every key: raise it when an attack's computation changes
 
 
 class ControlCache:
@@ -46,7 +48,8 @@ class ControlCache:
         self.misses += 1
         value = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(value))
-        tmp.replace(path)  # atomic: two jobs computing the same control never leave half a file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(value))
+        os.replace(tmp, path)  # atomic: jobs computing the same control at once never leave half a file
         return value
