@@ -157,7 +157,8 @@ def test_attack_data_is_checked_before_any_model_loads(tmp_path):
 
 @pytest.mark.parametrize("command,listed,absent", [
     ("rmu.train", ["rmu: default", "adapter: lora, none", "debug: tiny", "hydra/launcher: slurm"], ["attack:"]),
-    ("rmu.attack", ["attack: ablate, all, finetune, heldout_relearn, probe", "model: "], ["rmu: ", "adapter:"]),
+    ("rmu.attack", ["attack: ablate, ablate_unlearned, all, finetune, heldout_relearn, in_context, probe", "model: "],
+     ["rmu: ", "adapter:"]),
     ("rmu.eval", ["model: ", "harness: default", "eval: bundled, none, wmdp"], ["attack:", "rmu: ", "hydra/launcher"]),
 ])
 def test_help_lists_only_the_groups_the_command_accepts(command, listed, absent):
