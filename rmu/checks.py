@@ -224,6 +224,55 @@ def check_rmu(r, n_topics: int, user_keys: set[str], adapter: bool) -> dict:
     return dict(layer_id=layer_id, update_layers=update_layers, steering=steering, alpha=alpha)
 
 
+def robust_on(r) -> bool:
+    """Whether any robust stage (rmu/robust.py) is switched on."""
+    return bool(r.targets != "topic" or r.lat_eps or r.meta_steps or r.collapse_components or r.normalize or r.mask)
+
+
+def check_robust(r, cfg: DictConfig, user_keys: set[str]) -> None:
+    """The `robust` section: each stage's values, and a stage's settings refused when the
+    command line sets them while the stage is off."""
+    from rmu.robust import META_ATTACKS, SOURCES, TARGETS
+
+    if r.targets not in TARGETS:
+        fail("robust.targets", r.targets, f"allowed: {', '.join(TARGETS)}")
+    check_num("robust.lat_eps", r.lat_eps)
+    check_int("robust.lat_steps", r.lat_steps, 1)
+    check_int("robust.meta_steps", r.meta_steps, 0)
+    check_num("robust.meta_lr", r.meta_lr, positive=True)
+    if r.meta_attack not in META_ATTACKS:
+        fail("robust.meta_attack", r.meta_attack, f"allowed: {', '.join(META_ATTACKS)}")
+    check_int("robust.collapse_components", r.collapse_components, 0)
+    if r.collapse_source not in SOURCES:
+        fail("robust.collapse_source", r.collapse_source, f"allowed: {', '.join(SOURCES)}")
+    check_int("robust.collapse_every", r.collapse_every, 1)
+    if not 0 <= check_num("robust.mask_ema", r.mask_ema) < 1:
+        fail("robust.mask_ema", r.mask_ema, "must be in [0, 1)")
+    for key, switch, on in (("lat_steps", "lat_eps", r.lat_eps), ("meta_lr", "meta_steps", r.meta_steps),
+                            ("meta_attack", "meta_steps", r.meta_steps),
+                            ("collapse_source", "collapse_components", r.collapse_components),
+                            ("collapse_every", "collapse_components", r.collapse_components),
+                            ("mask_ema", "mask", r.mask)):
+        if f"robust.{key}" in user_keys and not on:
+            fail(f"robust.{key}", r[key], f"is not used while robust.{switch} is off ({r[switch]!r})")
+    if r.collapse_components and cfg.adapter is not None:
+        fail("robust.collapse_components", r.collapse_components, "projects full weight gradients; it does not apply "
+                                                                  "to LoRA adapters (use adapter=none)")
+    if (r.meta_steps or r.collapse_components or r.normalize or r.mask) and cfg.model.dtype == "float16":
+        fail("model.dtype", "float16", "the robust stages meta_steps, collapse_components, normalize and mask take the "
+                                       "gradients apart, which float16's loss scaling does not allow; use bfloat16")
+
+
+def check_robust_processes(r, processes: int, fsdp: bool) -> None:
+    """The robust stages that one process runs and several do not (known before loading)."""
+    if r.collapse_components and processes > 1:
+        fail("robust.collapse_components", r.collapse_components, f"runs on one process only ({processes} here): the "
+             "principal components would need every rank's tokens gathered")
+    if r.meta_steps and fsdp:
+        fail("robust.meta_steps", r.meta_steps, "is not supported under FSDP (the attacker's steps run the whole "
+                                                "sharded model); use data parallel (experiments/accelerate/multi_gpu.yaml)")
+
+
 def check_train_values(cfg: DictConfig, user_keys: set[str] = frozenset()) -> dict:
     """Every value of a train config; `user_keys` are the keys the command line set (a key
     that this run would not use is refused only when the user set it). Returns the
@@ -235,6 +284,7 @@ def check_train_values(cfg: DictConfig, user_keys: set[str] = frozenset()) -> di
     check_model(cfg.model)
     n = check_data(cfg.data)
     values = check_rmu(cfg.rmu, n, user_keys, adapter=cfg.adapter is not None)
+    check_robust(cfg.robust, cfg, user_keys)
     o, t = cfg.optim, cfg.trainer
     check_num("optim.lr", o.lr, positive=True)
     check_num("optim.weight_decay", o.weight_decay)

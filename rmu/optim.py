@@ -63,3 +63,24 @@ class Updater:
         if self.scale != 1.0 and self.good_steps % GROWTH_INTERVAL == 0:
             self.scale *= 2
         return True
+
+    def apply(self, grads: list[torch.Tensor], keep: list[torch.Tensor] | None = None) -> bool:
+        """One AdamW step with gradients computed elsewhere (already summed over ranks: the
+        robust stages, rmu/robust.py). Entries where `keep` is False end the step where they
+        began, whatever AdamW's momentum or weight decay would do to them. Not for float16,
+        whose loss scaling needs the backward (rmu/checks.py refuses that combination)."""
+        targets = self.masters or self.params
+        before = [t.detach().clone() for t in targets] if keep is not None else None
+        for t, g in zip(targets, grads):
+            t.grad = g.to(t.dtype)
+        self.optimizer.step()
+        with torch.no_grad():
+            if keep is not None:
+                for t, b, k in zip(targets, before, keep):
+                    t.copy_(torch.where(k, t, b))
+            if self.masters is not None:
+                for p, m in zip(self.params, self.masters):
+                    p.copy_(m)
+        for t in targets:
+            t.grad = None
+        return True

@@ -130,6 +130,10 @@ def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
     forget, retain = load_corpora(cfg.data)
     config = read_model_config(cfg.model, "model")
     names = update_names(cfg, config, v["layer_id"], v["update_layers"])
+    not_linear = [n for n in names if not n.endswith(".weight") or "norm" in n.rsplit(".", 2)[-2]]
+    if cfg.robust.collapse_components and not_linear:
+        fail("rmu.update_params", plain(cfg.rmu.update_params), f"robust.collapse_components projects weight matrices "
+                                                                f"of linear layers; {not_linear[0]} is not one")
     return Plan(topics=[c.name for c in forget], forget=forget, retain=retain, layer_id=v["layer_id"],
                 update_layers=v["update_layers"], update_names=names, steering_coeff=v["steering"], alpha=v["alpha"],
                 eval_sets=eval_sets, hidden_size=config.hidden_size)

@@ -53,13 +53,14 @@ class Resume:
                               f"over, or run the original command to resume it")
         return state
 
-    def save(self, step: int, updated: list[torch.Tensor], updater, rows: list[dict]) -> None:
+    def save(self, step: int, updated: list[torch.Tensor], updater, rows: list[dict], robust=None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         state = {"fingerprint": self.fingerprint, "step": step, "rows": rows,
                  "updated": [p.detach().cpu().clone() for p in updated],
                  "optimizer": updater.optimizer.state_dict(),
                  "masters": [m.detach().cpu().clone() for m in updater.masters] if updater.masters else None,
                  "scale": updater.scale, "good_steps": updater.good_steps,
+                 "robust": robust.state_dict() if robust is not None else None,
                  "rng": {"torch": torch.get_rng_state(),
                          "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
         tmp = self.folder / "state.pt.tmp"
@@ -67,7 +68,7 @@ class Resume:
         os.replace(tmp, self.folder / "state.pt")  # atomic: a kill mid-write leaves the previous state
 
     @staticmethod
-    def restore(state: dict, updated: list[torch.Tensor], updater) -> None:
+    def restore(state: dict, updated: list[torch.Tensor], updater, robust=None) -> None:
         with torch.no_grad():
             for p, v in zip(updated, state["updated"], strict=True):
                 p.copy_(v)
@@ -76,6 +77,8 @@ class Resume:
                     m.copy_(v)
         updater.optimizer.load_state_dict(state["optimizer"])
         updater.scale, updater.good_steps = state["scale"], state["good_steps"]
+        if robust is not None:  # the robust stages' running values (rmu/robust.py)
+            robust.load_state_dict(state["robust"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])

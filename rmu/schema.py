@@ -65,6 +65,22 @@ class RmuConfig:
 
 
 @dataclass
+class RobustConfig:
+    targets: str = MISSING
+    lat_eps: float = MISSING
+    lat_steps: int = MISSING
+    meta_steps: int = MISSING
+    meta_lr: float = MISSING
+    meta_attack: str = MISSING
+    collapse_components: int = MISSING
+    collapse_source: str = MISSING
+    collapse_every: int = MISSING
+    normalize: bool = MISSING
+    mask: bool = MISSING
+    mask_ema: float = MISSING
+
+
+@dataclass
 class OptimConfig:
     lr: float = MISSING
     weight_decay: float = MISSING
@@ -135,6 +151,7 @@ class TrainCommand:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rmu: RmuConfig = field(default_factory=RmuConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import hydra
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from rmu.adapters import add_lora
 from rmu.checkpoint import save_run, staged_output
-from rmu.checks import check_fsdp
+from rmu.checks import check_fsdp, check_robust_processes, robust_on
 from rmu.cli import run_command
 from rmu.data import batch_texts, tokenize
 from rmu.distributed import Ranks
@@ -42,13 +43,15 @@ from rmu.plan import Plan, plan_train
 from rmu.report import write_report
 from rmu.results import RunResults
 from rmu.resume import Preemption, Resume
+from rmu.robust import Robust
 from rmu.schema import CONF_DIR
 from rmu.span import LayerSpan
 from rmu.tracking import Tracker
 
 
 def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, control: torch.Tensor,
-             alpha: float, mask_padding: bool, step: int, ranks: Ranks | None = None) -> dict:
+             alpha: float, mask_padding: bool, step: int, ranks: Ranks | None = None,
+             robust: Robust | None = None) -> dict:
     """One RMU update on one forget batch of topic k and one retain batch.
 
         L = mean((h_ℓ^upd(x_f) − c_k·u_k)²) + α_k · mean((h_ℓ^upd(x_r) − h_ℓ^frozen(x_r))²)
@@ -65,27 +68,38 @@ def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, cont
     its means are weighted by its share of all ranks' positions, so the losses and (summed
     in the updater) the gradients over ranks are those of the whole batch. The finiteness
     check reads the losses summed over ranks, so every rank takes the same decision.
+
+    `robust` (rmu/robust.py, the `robust` config section) adds the robust variants' stages,
+    marked below; without it, or with every stage off, this is the plain step.
     """
     forget_mask = forget["attention_mask"] if mask_padding else None
     retain_mask = retain["attention_mask"] if mask_padding else None
+    averaged = lambda batch: batch["attention_mask"] if mask_padding else torch.ones_like(batch["input_ids"])  # noqa: E731
+    # This rank's share of the global token mean (1.0 on one process).
+    forget_share = ranks.share(averaged(forget)) if ranks is not None else 1.0
+    retain_share = ranks.share(averaged(retain)) if ranks is not None else 1.0
     with torch.no_grad():
         forget_in = span.prefix(forget)
         retain_in = span.prefix(retain)
+    if robust is not None:
+        control = robust.targets(control, forget, step)  # robust 1: a direction per text or token
+        forget_in = robust.perturb(span, forget_in, control, forget_mask)  # robust 2: the latent adversary's δ
+        source = (forget_in, forget_mask) if robust.cfg.collapse_source == "forget" else (retain_in, retain_mask)
+        robust.observe(span, source[0], control, source[1], step)  # robust 4: the collapse bases
+    separate = robust is not None and robust.separate
 
-    # Forget: steer the updated model's activations on forget text toward the control vector.
-    h_forget = span.run(forget_in)  # (B, T, D)
-    loss_forget = forget_loss(h_forget, control, forget_mask)
+    # Forget: steer the updated model's activations on forget text toward the control vector
+    # (robust 3, meta-unlearning: at the tensors a relearning attacker reaches from here).
+    with robust.relearned(span, forget, forget_in, forget_mask) if robust is not None else nullcontext():
+        h_forget = span.run(forget_in)  # (B, T, D)
+        loss_forget = forget_share * forget_loss(h_forget, control, forget_mask)
+        g_forget = torch.autograd.grad(loss_forget, updater.params) if separate else None
 
     # Retain: keep the updated model's activations on retain text where the frozen model has them.
     h_retain = span.run(retain_in)  # (B, T, D)
     with torch.no_grad():
         h_frozen = span.run(retain_in, frozen=True)
-    loss_retain = retain_loss(h_retain, h_frozen, retain_mask)
-
-    if ranks is not None:  # this rank's share of the global token mean (1.0 on one process)
-        averaged = lambda batch: batch["attention_mask"] if mask_padding else torch.ones_like(batch["input_ids"])  # noqa: E731
-        loss_forget = ranks.share(averaged(forget)) * loss_forget
-        loss_retain = ranks.share(averaged(retain)) * loss_retain
+    loss_retain = retain_share * retain_loss(h_retain, h_frozen, retain_mask)
     loss = loss_forget + alpha * loss_retain
 
     total = ranks.total if ranks else (lambda x: x.detach())  # sums over ranks: the whole batch's losses
@@ -94,10 +108,18 @@ def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, cont
         raise TrainingError(f"non-finite loss at step {step}: forget={total_forget:.4g} retain={total_retain:.4g} "
                             f"alpha={alpha}; lower optim.lr or rmu.steering_coeff, or use a wider dtype. "
                             f"Nothing was written.")
-    applied = updater.step(loss)  # backward, then AdamW (float32 master copies for bf16/fp16: rmu/optim.py)
+    kept = None
+    if not separate:
+        applied = updater.step(loss)  # backward, then AdamW (float32 master copies for bf16/fp16: rmu/optim.py)
+    else:  # robust 4-6: collapse, normalise and mask the forget gradient, then one AdamW step
+        g_retain = torch.autograd.grad(alpha * loss_retain, updater.params)
+        grads, keep = robust.combine(robust.total(g_forget), robust.total(g_retain))
+        applied = updater.apply(grads, keep)
+        if keep is not None:
+            kept = sum(k.sum().item() for k in keep) / sum(k.numel() for k in keep)
 
     with torch.no_grad():
-        return {
+        record = {
             "step": step,
             "loss": total_loss,
             "skipped": not applied,
@@ -109,6 +131,9 @@ def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, cont
             "frozen_retain_norm": mean_token_norm(h_frozen, retain_mask).item(),
             "retain_cos_frozen": mean_token_cosine(h_retain, h_frozen, retain_mask).item(),
         }
+        if kept is not None:
+            record["mask_kept"] = kept  # the share of entries the disruption mask let move
+        return record
 
 
 @dataclass
@@ -127,6 +152,7 @@ class Run:
     coeffs: list[float]  # c_k
     controls: torch.Tensor  # (K, D) float32 on the CPU, ‖control_k‖ = c_k; what control_vectors.safetensors holds
     tracker: Tracker
+    robust: Robust | None  # the robust variants' stages (rmu/robust.py); None when all are off
 
 
 def setup(cfg: DictConfig) -> Run:
@@ -137,6 +163,7 @@ def setup(cfg: DictConfig) -> Run:
     ranks = Ranks(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())
     if ranks.fsdp:
         check_fsdp(cfg)
+    check_robust_processes(cfg.robust, ranks.size, ranks.fsdp)
     cfg.output_dir = ranks.same(str(cfg.output_dir))  # one folder, even if ranks started in different seconds
     torch.manual_seed(cfg.seed)
     model, tokenizer = load(cfg, plan, ranks)
@@ -166,8 +193,10 @@ def setup(cfg: DictConfig) -> Run:
     ranks.print(f"rmu: topics {plan.topics}, steering_coeff {[round(c, 2) for c in coeffs]}, alpha {plan.alpha}, "
                 f"hooked layer {plan.layer_id}, {what}" + (f", {ranks.size} processes" if ranks.size > 1 else ""))
     tracker = ranks.on_main(lambda: Tracker(cfg, True)) or Tracker(cfg, False)  # logger=wandb: rank 0 logs
+    names = plan.update_names if peft_model is None else []
+    robust = Robust(cfg.robust, cfg.seed, updated, names, model, ranks) if robust_on(cfg.robust) else None
     return Run(cfg, plan, ranks, model, tokenizer, device, peft_model, span, updated, updater, coeffs, controls,
-               tracker)
+               tracker, robust)
 
 
 def load(cfg: DictConfig, plan: Plan, ranks: Ranks):
@@ -206,7 +235,7 @@ def fit(run: Run) -> list[dict]:
     resume, rows, start = Resume(cfg), [], 0
     state = resume.load()
     if state is not None:
-        Resume.restore(state, run.updated, run.updater)
+        Resume.restore(state, run.updated, run.updater, run.robust)
         rows, start = state["rows"], state["step"]
         ranks.print(f"rmu: resuming at step {start} from {resume.folder}")
     preemption = Preemption()
@@ -220,7 +249,7 @@ def fit(run: Run) -> list[dict]:
             retain = tokenize(run.tokenizer, ranks.shard(batch_texts(plan.retain[k], index, global_batch)),
                               plan.retain[k].max_length, device)
             record = rmu_step(run.span, run.updater, forget, retain, controls[k], plan.alpha[k],
-                              cfg.rmu.mask_padding, step, ranks)
+                              cfg.rmu.mask_padding, step, ranks, run.robust)
             record["topic"] = plan.topics[k]
             rows.append(record)
             run.tracker.step(record)
@@ -229,7 +258,7 @@ def fit(run: Run) -> list[dict]:
             done = step + 1
             stop = ranks.any(preemption.requested)  # SIGTERM on any rank stops all of them
             if done < t.max_steps and (stop or (t.save_every and done % t.save_every == 0)):
-                ranks.on_main(lambda: resume.save(done, run.updated, run.updater, rows))
+                ranks.on_main(lambda: resume.save(done, run.updated, run.updater, rows, run.robust))
             if stop and done < t.max_steps:
                 raise Preempted(f"stopped by SIGTERM after step {done}; the state is in {resume.folder}: "
                                 f"run the same command again to resume")

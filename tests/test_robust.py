@@ -63,3 +63,33 @@ def test_compare_two_recipes_resumes_after_a_kill(tmp_path):
     assert set(rows) == {"plain", "weak"}
     assert "| 1.00 |" in rows["plain"]  # time per step relative to itself
     assert (out / "robust.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tune_picks_the_last_setting_before_general_falls_below_the_floor(tmp_path):
+    """experiments/robust/tune.py on the tiny model: three settings, one seed; the pick in
+    tuning.md is recomputed here from each run's results.json."""
+    config = tmp_path / "tune.yaml"
+    settings = [["rmu.alpha=100"], ["rmu.alpha=1"], ["rmu.alpha=0", "rmu.steering_coeff=1000"]]
+    config.write_text(yaml.safe_dump({"seed": 0, "floor": 0.99, "train": [*TINY, "eval=bundled", "eval.batch_size=32",
+                                                                          "trainer.max_steps=4", "optim.lr=0.05"],
+                                      "recipes": {"strength": settings}}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "robust" / "tune.py"), "--config", str(config),
+                           "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    from rmu.results import RunResults
+    runs = [RunResults.read(tmp_path / "runs" / "tune" / "strength" / str(n)) for n in range(3)]
+    base = runs[0].eval["general"]["base"]["acc"]
+    expected = None
+    for n, r in enumerate(runs):
+        if r.eval["general"]["unlearned"]["acc"] < 0.99 * base:
+            break
+        expected = n
+    md = (tmp_path / "tuning.md").read_text()
+    for n, (s, r) in enumerate(zip(settings, runs)):
+        name = f"`{' '.join(s)}`"
+        row = next(line for line in md.splitlines() if name in line)
+        assert row.startswith(f"| **{name}**" if n == expected else f"| {name}")
+        assert f"{r.eval['general']['unlearned']['acc']:.3f}" in row
+    pick = "no setting keeps the floor" if expected is None else " ".join(settings[expected])
+    assert f"tune: strength: {pick}" in proc.stdout

@@ -1,0 +1,308 @@
+"""The robust variants (rmu/robust.py) on the tiny random model: each stage's formula or
+invariant, that they compose with LoRA, and what is refused."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rmu.checks import check_robust_processes
+from rmu.data import batch_texts, tokenize
+from rmu.errors import ConfigError
+from rmu.losses import forget_loss
+from rmu.plan import plan_train
+from rmu.robust import Robust, agree, collapse, principal_basis, project_to_ball
+from rmu.train import rmu_step, setup, train
+
+from tests.conftest import ROOT, TINY, run_cli
+
+
+def batches(run, step, size=2):
+    plan, tok = run.plan, run.tokenizer
+    return (tokenize(tok, batch_texts(plan.forget[0], step, size), 32, "cpu"),
+            tokenize(tok, batch_texts(plan.retain[0], step, size), 32, "cpu"))
+
+
+def steps(run, n, robust=None, alpha=100.0):
+    control = run.controls[0]
+    records = []
+    for step in range(n):
+        forget, retain = batches(run, step)
+        records.append(rmu_step(run.span, run.updater, forget, retain, control, alpha, True, step, robust=robust))
+    return records
+
+
+def updated_values(run):
+    return [p.detach().clone() for p in run.updated]
+
+
+def test_all_off_is_no_robust_stage_at_all(tiny_cfg):
+    assert setup(tiny_cfg()).robust is None
+    assert setup(tiny_cfg("robust.targets=sample")).robust is not None
+
+
+def test_meta_with_k_0_is_the_plain_step(tiny_cfg):
+    plain, meta = setup(tiny_cfg("optim.lr=1e-2")), setup(tiny_cfg("optim.lr=1e-2", output="b"))
+    steps(plain, 3)
+    steps(meta, 3, robust=Robust(meta.cfg.robust, 0, meta.updated, [], meta.model))  # meta_steps: 0
+    assert all(torch.equal(a, b) for a, b in zip(plain.updated, meta.updated))
+
+
+def test_the_separate_gradient_path_equals_the_plain_step_when_the_attacker_does_not_move(tiny_cfg):
+    """k = 2 attacker steps at learning rate 0: the forget gradient is taken at the same
+    point through the robust path (two gradients, Updater.apply) and must give the plain
+    step's weights."""
+    plain, meta = setup(tiny_cfg("optim.lr=1e-2")), setup(tiny_cfg("optim.lr=1e-2", output="b"))
+    steps(plain, 3)
+    cfg = meta.cfg.robust.copy()
+    cfg.meta_steps, cfg.meta_lr = 2, 0.0
+    robust = Robust(cfg, 0, meta.updated, [], meta.model)
+    assert robust.separate
+    steps(meta, 3, robust=robust)
+    for a, b in zip(plain.updated, meta.updated):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("attack", ["lm", "activations"])
+def test_meta_takes_the_forget_gradient_at_the_attacked_point_and_restores_the_tensors(tiny_cfg, attack):
+    run = setup(tiny_cfg("optim.lr=1e-2", "robust.meta_steps=2", "robust.meta_lr=0.5", f"robust.meta_attack={attack}"))
+    plain = setup(tiny_cfg("optim.lr=1e-2", output="plain"))
+    steps(run, 1)
+    steps(plain, 1)  # one plain step each: now there is something to relearn
+    forget, _ = batches(run, 1)
+    calls, mask = run.span.prefix(forget), forget["attention_mask"]
+    before = updated_values(run)
+    with torch.no_grad():
+        frozen = run.span.run(calls, frozen=True)
+        gap_before = (run.span.run(calls) - frozen).pow(2).mean()
+    with run.robust.relearned(run.span, forget, calls, mask):
+        moved = updated_values(run)
+        with torch.no_grad():
+            gap_inside = (run.span.run(calls) - frozen).pow(2).mean()
+    assert any(not torch.equal(a, b) for a, b in zip(before, moved))  # the attacker moved them
+    assert all(torch.equal(a, b) for a, b in zip(before, run.updated))  # and they are back
+    if attack == "activations":
+        assert gap_inside < gap_before  # it pulls the forget activations back toward the frozen model's
+    # The update differs from the plain step's (the forget gradient is taken elsewhere).
+    forget, retain = batches(run, 1)
+    for r, robust in ((run, run.robust), (plain, None)):
+        rmu_step(r.span, r.updater, forget, retain, r.controls[0], 100.0, True, 1, robust=robust)
+    assert any(not torch.equal(a, b) for a, b in zip(plain.updated, run.updated))
+
+
+def test_masked_entries_never_change_even_with_adam_momentum(tiny_cfg):
+    run = setup(tiny_cfg("robust.mask=true", "optim.lr=1e-2"))
+    seen = []
+    original = run.robust.combine
+
+    def spy(g_forget, g_retain):
+        grads, keep = original(g_forget, g_retain)
+        seen.append(keep)
+        return grads, keep
+
+    run.robust.combine = spy
+    for step in range(4):  # momentum builds up over the first steps; later masks must still hold
+        before = updated_values(run)
+        record = steps_one(run, step)
+        keep = seen[-1]
+        for b, a, k in zip(before, run.updated, keep):
+            assert torch.equal(a[~k], b[~k])
+        assert 0 < record["mask_kept"] <= 1
+    assert record["mask_kept"] < 1  # by then the retain gradient is non-zero and disagrees somewhere
+    assert any(not torch.equal(a, b) for a, b in zip(before, run.updated))
+
+
+def steps_one(run, step):
+    forget, retain = batches(run, step)
+    return rmu_step(run.span, run.updater, forget, retain, run.controls[0], 100.0, True, step, robust=run.robust)
+
+
+def test_the_mask_formula():
+    f = torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0])
+    r = torch.tensor([2.0, 1.0, -1.0, -3.0, 0.0])
+    assert agree(f, r).tolist() == [True, False, False, True, True]
+
+
+def test_mask_ema_is_the_running_mean_of_the_retain_gradient(tiny_cfg):
+    run = setup(tiny_cfg("robust.mask=true", "robust.mask_ema=0.75"))
+    robust = run.robust
+    g1, g2 = [torch.randn(3, 4)], [torch.randn(3, 4)]
+    robust.combine([torch.randn(3, 4)], g1)
+    robust.combine([torch.randn(3, 4)], g2)
+    torch.testing.assert_close(robust.retain_mean[0], 0.75 * g1[0] + 0.25 * g2[0])
+
+
+def test_normalised_forget_gradient_has_the_first_steps_norm(tiny_cfg):
+    run = setup(tiny_cfg("robust.normalize=true"))
+    robust = run.robust
+    first = [torch.randn(5, 7), 3 * torch.randn(2, 2)]
+    zero = [torch.zeros(5, 7), torch.zeros(2, 2)]
+    out, keep = robust.combine(first, zero)
+    assert keep is None and all(torch.equal(a, b) for a, b in zip(out, first))
+    later = [100 * torch.randn(5, 7), 0.01 * torch.randn(2, 2)]
+    out, _ = robust.combine(later, zero)
+    for o, f, g in zip(out, first, later):
+        torch.testing.assert_close(o.norm(), f.norm())
+        torch.testing.assert_close(o / o.norm(), g / g.norm())  # the direction is kept
+
+
+def test_collapsed_gradient_is_orthogonal_to_both_bases():
+    torch.manual_seed(0)
+    x = torch.randn(200, 12) + 3.0  # inputs with a large shared mean
+    q = principal_basis(x, 3)
+    assert q.shape == (12, 4)
+    torch.testing.assert_close(q.T @ q, torch.eye(4), atol=1e-5, rtol=0)
+    mean = x.mean(0)
+    torch.testing.assert_close(q @ (q.T @ mean), mean, atol=1e-4, rtol=0)  # the mean lies in the basis
+    q_out = principal_basis(torch.randn(200, 6), 2)
+    g = torch.randn(6, 12)
+    c = collapse(g, q, q_out)
+    assert (c @ q).abs().max() < 1e-5 and (q_out.T @ c).abs().max() < 1e-5
+    torch.testing.assert_close(collapse(c, q, q_out), c, atol=1e-5, rtol=0)  # a projector: twice = once
+
+
+def test_collapse_bases_come_from_the_updated_modules_and_the_step_uses_them(tiny_cfg):
+    run = setup(tiny_cfg("robust.collapse_components=3", "robust.collapse_every=2"))
+    robust = run.robust
+    forget, _ = batches(run, 0)
+    calls = run.span.prefix(forget)
+    robust.observe(run.span, calls, run.controls[0], forget["attention_mask"], 0)
+    inter, hidden = run.model.config.intermediate_size, run.model.config.hidden_size
+    assert [(q_in.shape, q_out.shape) for q_in, q_out in robust.bases] == [((inter, 4), (hidden, 4))] * 3
+    kept = robust.bases
+    robust.observe(run.span, calls, run.controls[0], forget["attention_mask"], 1)  # not a multiple of every=2
+    assert robust.bases is kept
+    grads, _ = robust.combine([torch.randn(hidden, inter) for _ in range(3)], [torch.zeros(hidden, inter)] * 3)
+    for g, (q_in, q_out) in zip(grads, robust.bases):
+        assert (g @ q_in).abs().max() < 1e-4 and (q_out.T @ g).abs().max() < 1e-4
+    steps(run, 3, robust=robust)  # and a run of steps goes through
+
+
+def test_latent_perturbation_respects_its_bound_and_raises_the_forget_loss(tiny_cfg):
+    run = setup(tiny_cfg("robust.lat_eps=0.2", "robust.lat_steps=5"))
+    long_text = run.plan.forget[0].texts[0]
+    forget = tokenize(run.tokenizer, ["A short one.", long_text], 32, "cpu")  # padding in the first row
+    mask = forget["attention_mask"]
+    calls = run.span.prefix(forget)
+    perturbed = run.robust.perturb(run.span, calls, run.controls[0], mask)
+    h0, h1 = calls[run.span.first][0][0], perturbed[run.span.first][0][0]
+    delta = (h1 - h0).float()
+    bound = 0.2 * h0.float().norm(dim=-1)
+    assert (delta.norm(dim=-1) <= bound * (1 + 1e-5) + 1e-6).all()
+    assert (delta.norm(dim=-1)[mask.bool()] > 0.5 * bound[mask.bool()]).all()  # it uses its budget
+    assert (~mask.bool()).any() and (delta[~mask.bool()] == 0).all()  # padding untouched
+    with torch.no_grad():
+        clean = forget_loss(run.span.run(calls), run.controls[0], mask)
+        attacked = forget_loss(run.span.run(perturbed), run.controls[0], mask)
+    assert attacked > clean
+    assert all(p.grad is None for p in run.updated)  # the adversary leaves no gradient behind
+
+
+def test_projection_onto_the_ball():
+    d = torch.tensor([[[3.0, 4.0], [0.3, 0.4]]])
+    out = project_to_ball(d, torch.tensor([[[1.0], [1.0]]]))
+    torch.testing.assert_close(out, torch.tensor([[[0.6, 0.8], [0.3, 0.4]]]))
+
+
+@pytest.mark.parametrize("kind", ["sample", "token"])
+def test_fresh_targets_share_no_direction_and_keep_the_coefficient(tiny_cfg, kind):
+    run = setup(tiny_cfg(f"robust.targets={kind}"))
+    forget, _ = batches(run, 0, size=4)
+    control = run.controls[0]
+    t = run.robust.targets(control, forget, step=3)
+    b, length = forget["input_ids"].shape
+    assert t.shape == (b, 1 if kind == "sample" else length, control.shape[0])
+    torch.testing.assert_close(t.norm(dim=-1), torch.full(t.shape[:2], control.norm().item()))
+    flat = torch.nn.functional.normalize(t.reshape(-1, t.shape[-1]), dim=-1)
+    cos = flat @ flat.T
+    off = cos[~torch.eye(len(flat), dtype=torch.bool)]
+    assert off.abs().mean() < 0.3  # Gaussian directions: no shared component (torch.rand ones: ≈ 0.75)
+    assert torch.equal(t, run.robust.targets(control, forget, step=3))  # seeded by (seed, step)
+    assert not torch.equal(t, run.robust.targets(control, forget, step=4))
+
+
+def test_each_rank_draws_its_slice_of_the_global_batchs_targets(tiny_cfg):
+    class FakeRanks:
+        def __init__(self, rank):
+            self.rank, self.size = rank, 2
+
+    run = setup(tiny_cfg("robust.targets=sample"))
+    forget4, _ = batches(run, 0, size=4)
+    forget2, _ = batches(run, 0, size=2)
+    whole = run.robust.targets(run.controls[0], forget4, 5)
+    halves = []
+    for rank in (0, 1):
+        r = Robust(run.cfg.robust, run.cfg.seed, run.updated, [], run.model, FakeRanks(rank))
+        halves.append(r.targets(run.controls[0], forget2, 5))
+    assert torch.equal(torch.cat(halves), whole)
+
+
+def test_the_variants_compose_with_lora_and_train(tiny_cfg):
+    cfg = tiny_cfg("adapter=lora", "robust.targets=token", "robust.lat_eps=0.1", "robust.meta_steps=1",
+                   "robust.normalize=true", "robust.mask=true", "trainer.max_steps=4")
+    results = train(cfg)
+    assert results.steps == 4
+
+
+def test_all_stages_together_train(tiny_cfg):
+    cfg = tiny_cfg("robust.targets=sample", "robust.lat_eps=0.1", "robust.meta_steps=1", "robust.collapse_components=2",
+                   "robust.normalize=true", "robust.mask=true", "robust.mask_ema=0.5", "trainer.max_steps=4")
+    results = train(cfg)
+    assert results.steps == 4
+    rows = [json.loads(line) for line in open(Path(cfg.output_dir) / "metrics.jsonl")]
+    assert all(0 < r["mask_kept"] <= 1 and math.isfinite(r["loss"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_a_preempted_robust_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    """The stages' running values (retain-gradient mean, first norms, collapse bases)
+    travel in the resume state: SIGTERM mid-run, rerun, bit-identical weights."""
+    from tests.test_distributed import ENV, RUN, assert_same_weights
+    long = [o for o in RUN if not o.startswith("trainer.max_steps")] + [
+        "trainer.max_steps=120", "trainer.batch_size=2", "trainer.save_every=10", "robust.mask=true",
+        "robust.mask_ema=0.5", "robust.normalize=true", "robust.collapse_components=2", "robust.collapse_every=7",
+        "robust.targets=sample"]
+    straight = run_cli("rmu.train", *long, f"output_dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    out, state = tmp_path / "resumed", tmp_path / ".resumed.resume" / "state.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "rmu.train", *long, f"output_dir={out}"], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-3000:]
+    stopped_at = torch.load(state, weights_only=False)["step"]
+    again = run_cli("rmu.train", *long, f"output_dir={out}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming at step {stopped_at}" in again.stdout and 0 < stopped_at < 120
+    assert_same_weights(tmp_path / "straight", out, 0.0)
+
+
+def test_what_the_variants_do_not_cover_is_refused_before_loading(tiny_cfg):
+    with pytest.raises(ConfigError, match="robust.collapse_components=2: projects full weight gradients"):
+        plan_train(tiny_cfg("adapter=lora", "robust.collapse_components=2"))
+    with pytest.raises(ConfigError, match="model.dtype='float16'"):
+        plan_train(tiny_cfg("model.dtype=float16", "robust.mask=true"))
+    with pytest.raises(ConfigError, match="robust.meta_lr=0.1: is not used while robust.meta_steps is off"):
+        plan_train(tiny_cfg("robust.meta_lr=0.1"), user_keys={"robust.meta_lr"})
+    with pytest.raises(ConfigError, match="linear layers"):
+        plan_train(tiny_cfg("robust.collapse_components=2", "rmu.update_params=[post_attention_layernorm.weight]"))
+    with pytest.raises(ConfigError, match="one process only"):
+        check_robust_processes(tiny_cfg("robust.collapse_components=2").robust, 2, False)
+    with pytest.raises(ConfigError, match="not supported under FSDP"):
+        check_robust_processes(tiny_cfg("robust.meta_steps=1").robust, 2, True)
+    check_robust_processes(tiny_cfg("robust.meta_steps=1", "robust.mask=true").robust, 2, False)  # data parallel: fine
+
+
+def test_the_cli_names_a_bad_robust_value():
+    proc = run_cli("rmu.train", *TINY, "robust.targets=mean")
+    assert proc.returncode != 0 and "robust.targets='mean': allowed: topic, sample, token" in proc.stderr
