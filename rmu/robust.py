@@ -5,16 +5,19 @@ In the order the step runs them:
 
 1. **targets** (`robust.targets`). Plain RMU steers every forget token of topic k toward
    one fixed vector c_k·u_k; that shared direction is exactly what a mean-difference
-   ablation removes. `sample` draws a fresh direction per forget text, `token` one per
-   token, each of norm c_k. They are Gaussian directions: `torch.rand` vectors (the
-   reference's u) all lie in the positive orthant and share the all-ones direction
-   (cosine ≈ 0.75 between two of them), Gaussian ones share none (cosine ≈ 0).
+   ablation removes. `sample` draws a fresh direction per forget text and step, `token`
+   one per token and step, `token_id` a fixed one per vocabulary id (TAR's random
+   mapping: the same token always gets the same target, so the map can be learnt), each
+   of norm c_k. They are Gaussian directions: `torch.rand` vectors (the reference's u)
+   all lie in the positive orthant and share the all-ones direction (cosine ≈ 0.75
+   between two of them), Gaussian ones share none (cosine ≈ 0).
 2. **latent adversary** (`robust.lat_eps`; RMU-LAT, Sheshadri et al. 2024). A per-token
    perturbation δ of the hidden state entering the updated span, ‖δ_t‖ ≤ ε·‖h_t‖, found
    by `lat_steps` steps of normalised gradient ascent on the forget loss (the adversary
    undoes the unlearning in the latent space); the forget loss is then taken with δ.
 3. **meta-unlearning** (`robust.meta_steps` = k; MUDMAN's meta-learning, a light TAR). The
-   updated tensors are forked, a relearning attacker takes k SGD steps on the forget batch
+   updated tensors are forked, a relearning attacker takes k signed-gradient steps (AdamW's
+   first steps) on the forget batch
    (`meta_attack`: next-token loss, or pulling h_ℓ back to the frozen model's), the forget
    gradient is taken at that point, and the tensors are restored before the update: the
    step unlearns what k steps of relearning would bring back. k = 0 is the plain step.
@@ -46,7 +49,7 @@ from torch import nn
 from rmu.errors import ConfigError
 from rmu.losses import forget_loss, retain_loss
 
-TARGETS = ("topic", "sample", "token")
+TARGETS = ("topic", "sample", "token", "token_id")
 META_ATTACKS = ("lm", "activations")
 SOURCES = ("forget", "retain")
 
@@ -68,6 +71,11 @@ class Robust:
         self.retain_mean: list[torch.Tensor] | None = None  # mask_ema's running mean of the retain gradient
         self.first_norms: list[torch.Tensor] | None = None  # normalize: ‖g_f‖ per tensor at the first step
         self.bases: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # collapse: (Q_in, Q_out) per tensor
+        self.table = None  # targets=token_id: one fixed unit direction per vocabulary id, (V, D)
+        if cfg.targets == "token_id":
+            vocab, hidden = model.get_input_embeddings().weight.shape
+            table = torch.randn(vocab, hidden, generator=torch.Generator().manual_seed(seed))
+            self.table = table / table.norm(dim=-1, keepdim=True)
 
     @property
     def separate(self) -> bool:
@@ -83,6 +91,9 @@ class Robust:
         kind = self.cfg.targets
         if kind == "topic":
             return control
+        if kind == "token_id":  # a lookup: the same token gets the same direction in every text and step
+            self.table = self.table.to(control.device)
+            return (self.table[batch["input_ids"]] * control.float().norm()).to(control.dtype)
         b, t = batch["input_ids"].shape
         size, rank = (self.ranks.size, self.ranks.rank) if self.ranks else (1, 0)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
@@ -115,7 +126,7 @@ class Robust:
     # 3. meta-unlearning
     @contextmanager
     def relearned(self, span, batch: dict, calls: dict, mask: torch.Tensor | None):
-        """Inside: the updated tensors where k SGD steps of the attacker's loss on the forget
+        """Inside: the updated tensors where k signed-gradient steps of the attacker's loss on the forget
         batch take them (gradients summed over ranks, like the step's); on exit, their values
         again. `meta_attack: lm` is next-token loss (the fine-tuning attack; a whole forward
         and backward of the model per step); `activations` pulls h_ℓ on the forget text back
@@ -127,16 +138,18 @@ class Robust:
         if self.cfg.meta_attack == "activations":
             with torch.no_grad():
                 h_frozen = span.run(calls, frozen=True)
-            attacker_loss = lambda: retain_loss(span.run(calls), h_frozen, mask)  # noqa: E731
+            share = self.ranks.share(mask if mask is not None else torch.ones_like(batch["input_ids"])) \
+                if self.ranks is not None else 1.0  # this rank's part of the global mean
+            attacker_loss = lambda: share * retain_loss(span.run(calls), h_frozen, mask)  # noqa: E731
         else:
             attacker_loss = lambda: next_token_loss(span.model, batch, self.ranks)  # noqa: E731
         saved = [p.detach().clone() for p in self.updated]
         try:
             for _ in range(k):
                 grads = torch.autograd.grad(attacker_loss(), self.updated)
-                with torch.no_grad():
+                with torch.no_grad():  # a signed step: what AdamW's first steps amount to, whatever the loss's scale
                     for p, g in zip(self.updated, self.total(grads)):
-                        p.sub_(self.cfg.meta_lr * g.to(p.dtype))
+                        p.sub_(self.cfg.meta_lr * torch.sign(g).to(p.dtype))
             yield
         finally:
             with torch.no_grad():

@@ -61,6 +61,28 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing left over
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_robust_stages_on_two_processes_end_where_one_process_does(tmp_path):
+    """Every stage that runs on several processes (rmu/robust.py): fresh targets, the latent
+    adversary, meta-unlearning, normalisation and masking, with the gradients summed over
+    ranks before they are combined."""
+    robust = ["robust.targets=sample", "robust.lat_eps=0.2", "robust.meta_steps=1", "robust.meta_lr=1e-3",
+              "robust.normalize=true", "robust.mask=true", "robust.mask_ema=0.5"]
+    one = run_cli("rmu.train", *RUN, *robust, "trainer.batch_size=4", f"output_dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2"]
+    two = launch(torchrun, *RUN, *robust, "trainer.batch_size=2", f"output_dir={tmp_path / 'two'}")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 processes" in two.stdout
+    assert_same_weights(tmp_path / "one", tmp_path / "two", 1e-5)
+    ours = [json.loads(line) for line in open(tmp_path / "two" / "metrics.jsonl")]
+    ref = [json.loads(line) for line in open(tmp_path / "one" / "metrics.jsonl")]
+    for a, b in zip(ours, ref, strict=True):
+        assert abs(a["forget_loss"] - b["forget_loss"]) <= 1e-5 * b["forget_loss"]
+        assert a["mask_kept"] == pytest.approx(b["mask_kept"], abs=1e-3)
+
+
 @pytest.mark.slow
 def test_sigterm_then_restart_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     long = [o for o in RUN if not o.startswith("trainer.max_steps")] + [

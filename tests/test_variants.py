@@ -71,7 +71,7 @@ def test_the_separate_gradient_path_equals_the_plain_step_when_the_attacker_does
 
 @pytest.mark.parametrize("attack", ["lm", "activations"])
 def test_meta_takes_the_forget_gradient_at_the_attacked_point_and_restores_the_tensors(tiny_cfg, attack):
-    run = setup(tiny_cfg("optim.lr=1e-2", "robust.meta_steps=2", "robust.meta_lr=0.5", f"robust.meta_attack={attack}"))
+    run = setup(tiny_cfg("optim.lr=1e-2", "robust.meta_steps=2", "robust.meta_lr=3e-3", f"robust.meta_attack={attack}"))
     plain = setup(tiny_cfg("optim.lr=1e-2", output="plain"))
     steps(run, 1)
     steps(plain, 1)  # one plain step each: now there is something to relearn
@@ -225,6 +225,25 @@ def test_fresh_targets_share_no_direction_and_keep_the_coefficient(tiny_cfg, kin
     assert off.abs().mean() < 0.3  # Gaussian directions: no shared component (torch.rand ones: ≈ 0.75)
     assert torch.equal(t, run.robust.targets(control, forget, step=3))  # seeded by (seed, step)
     assert not torch.equal(t, run.robust.targets(control, forget, step=4))
+
+
+def test_token_id_targets_are_a_fixed_map_from_token_to_direction(tiny_cfg):
+    run = setup(tiny_cfg("robust.targets=token_id"))
+    forget, _ = batches(run, 0, size=4)
+    control = run.controls[0]
+    a, b = run.robust.targets(control, forget, step=0), run.robust.targets(control, forget, step=9)
+    assert torch.equal(a, b) and a.shape == (*forget["input_ids"].shape, control.shape[0])
+    torch.testing.assert_close(a.norm(dim=-1), torch.full(a.shape[:2], control.norm().item()))
+    ids = forget["input_ids"]
+    first = {}
+    for (i, j), token in zip(torch.cartesian_prod(torch.arange(ids.shape[0]), torch.arange(ids.shape[1])).tolist(),
+                             ids.flatten().tolist()):
+        if token in first:
+            assert torch.equal(a[i, j], a[first[token]])  # the same token, the same target
+        first.setdefault(token, (i, j))
+    distinct = torch.nn.functional.normalize(torch.stack([a[p] for p in first.values()]), dim=-1)
+    cos = distinct @ distinct.T
+    assert cos[~torch.eye(len(distinct), dtype=torch.bool)].abs().mean() < 0.3
 
 
 def test_each_rank_draws_its_slice_of_the_global_batchs_targets(tiny_cfg):
