@@ -65,12 +65,12 @@ def test_compare_two_recipes_resumes_after_a_kill(tmp_path):
     assert (out / "robust.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_tune_picks_the_last_setting_before_general_falls_below_the_floor(tmp_path):
+def test_tune_picks_the_last_setting_that_unlearns_before_general_falls_below_the_floor(tmp_path):
     """experiments/robust/tune.py on the tiny model: three settings, one seed; the pick in
     tuning.md is recomputed here from each run's results.json."""
     config = tmp_path / "tune.yaml"
     settings = [["rmu.alpha=100"], ["rmu.alpha=1"], ["rmu.alpha=0", "rmu.steering_coeff=1000"]]
-    config.write_text(yaml.safe_dump({"seed": 0, "floor": 0.99, "train": [*TINY, "eval=bundled", "eval.batch_size=32",
+    config.write_text(yaml.safe_dump({"seed": 0, "floor": 0.99, "forget_ceiling": 0.5, "train": [*TINY, "eval=bundled", "eval.batch_size=32",
                                                                           "trainer.max_steps=4", "optim.lr=0.05"],
                                       "recipes": {"strength": settings}}))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -84,12 +84,13 @@ def test_tune_picks_the_last_setting_before_general_falls_below_the_floor(tmp_pa
     for n, r in enumerate(runs):
         if r.eval["general"]["unlearned"]["acc"] < 0.99 * base:
             break
-        expected = n
+        if max(r.eval[s]["unlearned"]["acc"] for s in ("chem", "astro")) <= 0.5:
+            expected = n
     md = (tmp_path / "tuning.md").read_text()
     for n, (s, r) in enumerate(zip(settings, runs)):
         name = f"`{' '.join(s)}`"
         row = next(line for line in md.splitlines() if name in line)
         assert row.startswith(f"| **{name}**" if n == expected else f"| {name}")
         assert f"{r.eval['general']['unlearned']['acc']:.3f}" in row
-    pick = "no setting keeps the floor" if expected is None else " ".join(settings[expected])
+    pick = "no setting unlearns at matched retain" if expected is None else " ".join(settings[expected])
     assert f"tune: strength: {pick}" in proc.stdout

@@ -6,21 +6,23 @@
 Every recipe in the config lists its settings (overrides of `python -m rmu.train`) from weakest
 to strongest. Each setting is trained once at the config's seed, into
 `<out>/runs/tune/<recipe>/<n>` (a setting whose results.json exists is not redone). The pick is
-the last setting before the first whose general (retain-role) accuracy falls below `floor` ×
-the base model's; `<out>/tuning.md` shows every setting's clean accuracy and the pick, which is what
+among the settings before the first whose general (retain-role) accuracy falls below `floor` ×
+the base model's, the last that leaves every forget set at or below `forget_ceiling` (it
+unlearns); `<out>/tuning.md` shows every setting's clean accuracy and the pick, which is what
 recipes.yaml (make robust) then runs over three seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from compare import ROOT, fmt, same_settings, sweep
+from compare import ROOT, fmt, sweep
 
 sys.path.insert(0, str(ROOT))
 from rmu.results import RunResults  # noqa: E402
@@ -30,9 +32,9 @@ HERE = Path(__file__).resolve().parent
 
 def load_config(path: Path) -> dict:
     cfg = yaml.safe_load(path.read_text())
-    for key in ("seed", "floor", "train", "recipes"):
+    for key in ("seed", "floor", "forget_ceiling", "train", "recipes"):
         if key not in cfg:
-            sys.exit(f"error: {path}: missing key {key!r} (seed, floor, train, recipes)")
+            sys.exit(f"error: {path}: missing key {key!r} (seed, floor, forget_ceiling, train, recipes)")
     if not 0 < cfg["floor"] <= 1:
         sys.exit(f"error: {path}: floor={cfg['floor']}: a share of the base model's general accuracy, in (0, 1]")
     for recipe, settings in cfg["recipes"].items():
@@ -41,12 +43,25 @@ def load_config(path: Path) -> dict:
     return cfg
 
 
+def same_start(folder: Path, settings: dict) -> None:
+    """Like compare.same_settings, but a recipe may gain stronger settings at the end of its
+    list: the runs already made keep their positions and stay valid."""
+    record = folder / "recipe.json"
+    if record.is_file():
+        old = json.loads(record.read_text())
+        n = len(old["settings"])
+        if {**old, "settings": None} != {**settings, "settings": None} or settings["settings"][:n] != old["settings"]:
+            sys.exit(f"tune: {folder} holds runs of other settings than {settings}; move it away or restore them")
+    folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings, indent=1) + "\n")
+
+
 def train_all(cfg: dict, work: Path, launcher: str | None) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for recipe, settings in cfg["recipes"].items():
         for n, overrides in enumerate(settings):
             folder = work / recipe / str(n)
-            same_settings(folder.parent, {"seed": cfg["seed"], "train": cfg["train"], "settings": settings})
+            same_start(folder.parent, {"seed": cfg["seed"], "train": cfg["train"], "settings": settings})
             if not (folder / "results.json").is_file():
                 sweep("rmu.train", [*cfg["train"], *overrides, f"seed={cfg['seed']}", f"output_dir={folder}"],
                       launcher, work / "sweeps" / f"{stamp}-{recipe}-{n}")
@@ -56,8 +71,9 @@ def pick(cfg: dict, work: Path) -> tuple[str, dict]:
     """tuning.md and, per recipe, the overrides of the strongest setting that keeps the floor."""
     lines = [f"# Tuning to matched retain (seed {cfg['seed']})", "",
              "Written by experiments/robust/tune.py from tune.yaml. Each recipe's settings go from weakest to "
-             f"strongest; the pick (**bold**) is the last one before the first whose general accuracy falls "
-             f"below {cfg['floor']:.0%} of the base model's.", ""]
+             f"strongest; the pick (**bold**) is, among the settings before the first whose general accuracy "
+             f"falls below {cfg['floor']:.0%} of the base model's, the last that leaves every forget set at or "
+             f"below {cfg['forget_ceiling']} (it unlearns).", ""]
     picks = {}
     for recipe, settings in cfg["recipes"].items():
         runs = [RunResults.read(work / recipe / str(n)) for n in range(len(settings))]
@@ -70,7 +86,8 @@ def pick(cfg: dict, work: Path) -> tuple[str, dict]:
         for n, r in enumerate(runs):
             if r.mean_unlearned_acc("retain") < cfg["floor"] * base:
                 break
-            chosen = n
+            if max(r.eval[k]["unlearned"]["acc"] for k in forget_sets) <= cfg["forget_ceiling"]:
+                chosen = n
         picks[recipe] = settings[chosen] if chosen is not None else None
         lines += [f"## {recipe}", "", "| setting | " + " | ".join(forget_sets) + " | mean forget | general (% of base) |",
                   "|---" * (3 + len(forget_sets)) + "|"]
@@ -81,7 +98,8 @@ def pick(cfg: dict, work: Path) -> tuple[str, dict]:
                          + " | ".join(fmt(run.eval[s]["unlearned"]["acc"]) for s in forget_sets)
                          + f" | {fmt(run.mean_unlearned_acc('forget'))} | {fmt(general)} ({100 * general / base:.0f}%) |")
         lines += ["", f"Base model: general {base:.3f}; floor {cfg['floor'] * base:.3f}. "
-                      + (f"Pick: `{' '.join(settings[chosen])}`." if chosen is not None else "No setting keeps the floor."), ""]
+                      + (f"Pick: `{' '.join(settings[chosen])}`." if chosen is not None else
+                         "No setting unlearns (every forget set ≤ the ceiling) at matched retain."), ""]
     return "\n".join(lines), picks
 
 
@@ -98,7 +116,7 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tuning.md").write_text(text)
     for recipe, overrides in picks.items():
-        print(f"tune: {recipe}: {' '.join(overrides) if overrides else 'no setting keeps the floor'}")
+        print(f"tune: {recipe}: {' '.join(overrides) if overrides else 'no setting unlearns at matched retain'}")
     print(f"tune: wrote {args.out / 'tuning.md'}")
 
 
