@@ -43,3 +43,16 @@ def test_lora_run_meets_the_same_targets(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     print(proc.stdout)
     assert_unlearned(json.loads((out / "results.json").read_text())["eval"])
+
+
+@pytest.mark.e2e
+def test_the_recommended_robust_recipe_unlearns_at_matched_retain(tmp_path):
+    """experiment=robust_bundled at the seed it was tuned with (experiments/robust/tuning.md):
+    forget sets at most chance + 10 points and general at least 95 % of the base model's."""
+    out = tmp_path / "robust"
+    proc = run_cli("rmu.train", "experiment=robust_bundled", "seed=0", f"output_dir={out}", "trainer.progress=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ev = json.loads((out / "results.json").read_text())["eval"]
+    for topic in ("chem", "astro"):
+        assert ev[topic]["unlearned"]["acc"] <= ev[topic]["unlearned"]["chance"] + 0.10, ev[topic]
+    assert ev["general"]["unlearned"]["acc"] >= 0.95 * ev["general"]["base"]["acc"], ev["general"]
