@@ -43,21 +43,34 @@ def resolve_path(path: str) -> Path:
     return Path(path).expanduser()
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def _lines(path: Path):
+    """(line number, text) of a UTF-8 text file; a DataError naming the line that is not UTF-8."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    try:
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    yield lineno, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}, line {lineno}: not UTF-8 (byte {raw[e.start]:#04x} at column "
+                                    f"{e.start + 1}); re-encode the file as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append((lineno, row))
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append((lineno, row))
     return rows
 
 
@@ -74,9 +87,7 @@ def load_texts(entry: dict, min_chars: int) -> list[str]:
                                     f"(keys: {sorted(row)}); set `field` to the key that holds the text")
                 texts.append(row[field])
         elif path.suffix == ".txt":
-            if not path.is_file():
-                raise DataError(f"{path}: file not found")
-            texts = [line.rstrip("\n") for line in open(path, encoding="utf-8") if line.strip()]
+            texts = [line.rstrip("\n") for _, line in _lines(path) if line.strip()]
         else:
             raise DataError(f"{path}: unsupported corpus file type {path.suffix!r}; use .jsonl or .txt")
         where = str(path)

@@ -24,7 +24,11 @@ class TrainingError(RmuError):
 
 
 class ResumeError(RmuError):
-    """A resume state exists but belongs to another config."""
+    """A resume state that cannot be used: another config, corrupt, or not rmu's."""
+
+
+class OutputError(RmuError):
+    """An output folder or state file that cannot be written, or is in use by another run."""
 
 
 class ExportError(RmuError):

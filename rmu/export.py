@@ -21,11 +21,11 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
-from rmu.checkpoint import staged_output
+from rmu.checkpoint import MARKER, check_output_dir, check_writable, folder_size, staged_output
 from rmu.checks import check_export_target, check_schema, fail, is_repo_id
 from rmu.cli import run_command
 from rmu.errors import ExportError
-from rmu.plan import check_output_dir
+from rmu.lock import OutputLock
 from rmu.results import RunResults
 from rmu.schema import CONF_DIR
 
@@ -150,13 +150,14 @@ def prepare(checkpoint: str | Path, repo_id: str, output_dir: str | Path | None 
     if not checkpoint.is_dir():
         fail("checkpoint", str(checkpoint), "must be a run folder written by rmu.train")
     target = Path(output_dir) if output_dir else checkpoint.with_name(checkpoint.name + "-hub")
-    check_output_dir(str(target), overwrite)
+    check_output_dir(str(target), overwrite, protected=(str(checkpoint),))
     run_cfg, results = _read_run(checkpoint)
+    check_writable(str(target), folder_size(checkpoint), what=f"a copy of {checkpoint}")
     adapter = (checkpoint / "adapter_config.json").is_file()
     card = model_card(run_cfg, results, repo_id, adapter)
-    with staged_output(target, overwrite) as tmp:
+    with OutputLock(target), staged_output(target, overwrite) as tmp:
         for f in sorted(checkpoint.iterdir()):
-            if f.is_file() and f.name != "README.md":  # peft writes a stub card; ours replaces it
+            if f.is_file() and f.name not in ("README.md", MARKER):  # peft writes a stub card; ours replaces it
                 shutil.copy2(f, tmp / f.name)
         card.save(tmp / "README.md")
     return target.absolute()
@@ -169,7 +170,7 @@ def push(folder: Path, repo_id: str, private: bool) -> str:
     api = HfApi()  # token from HF_TOKEN or the saved login
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", ignore_patterns=[MARKER],
                           commit_message="Upload RMU-unlearned model (rmu)")
     except Exception as e:  # network, auth, permissions: say what failed, keep the folder
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -77,10 +77,18 @@ def _convert_gguf(folder: Path, file: str) -> Path:
     return target
 
 
+def looks_local(path: str) -> bool:
+    """Whether `path` names a local file or folder rather than a Hub id."""
+    return path.startswith(("/", "./", "../", "~")) or Path(path).expanduser().exists()
+
+
 def read_config(mcfg):
     """The model's config, without loading weights (cheap: a JSON file or GGUF header)."""
     from transformers import AutoConfig
 
+    if looks_local(mcfg.path) and not mcfg.path.endswith(".gguf") and not Path(mcfg.path).expanduser().is_dir():
+        raise FileNotFoundError(f"no such folder {mcfg.path}" + (" (model.arch builds the model; the tokenizer is "
+                                                                 "read from this path)" if mcfg.arch else ""))
     if mcfg.arch is not None:
         return AutoConfig.for_model(**dict(mcfg.arch))
     gguf = _gguf_source(mcfg.path)
@@ -92,16 +100,16 @@ def read_config(mcfg):
     return AutoConfig.from_pretrained(mcfg.path, revision=mcfg.revision, trust_remote_code=mcfg.trust_remote_code)
 
 
-def parameter_layout(config) -> tuple[list[str], str]:
-    """(parameter names, name of the decoder-layer list) of a model with this config, built
-    on the meta device: no memory, no weights read."""
+def parameter_layout(config, trust_remote_code: bool = False) -> tuple[dict[str, int], str]:
+    """({parameter name: number of elements}, name of the decoder-layer list) of a model
+    with this config, built on the meta device: no memory, no weights read."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     layers = decoder_layers(model)
     prefix = next(name for name, module in model.named_modules() if module is layers)
-    return [name for name, _ in model.named_parameters()], prefix
+    return {name: p.numel() for name, p in model.named_parameters()}, prefix
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -177,7 +185,8 @@ def load_model(mcfg, seed: int, device: torch.device | None = None) -> tuple[nn.
     dtype = DTYPES[mcfg.dtype]
     if mcfg.arch is not None:
         torch.manual_seed(seed)  # the random init is part of the run's seed
-        model = AutoModelForCausalLM.from_config(_config(mcfg, tokenizer), dtype=dtype)
+        model = AutoModelForCausalLM.from_config(_config(mcfg, tokenizer), dtype=dtype,
+                                                 trust_remote_code=mcfg.trust_remote_code)
     else:
         source, revision = _weights_source(mcfg)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, revision=revision,

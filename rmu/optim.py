@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from rmu.errors import TrainingError
+
 INITIAL_SCALE = 2.0 ** 16
 GROWTH_INTERVAL = 200  # steps without overflow before the float16 loss scale doubles
 
@@ -35,6 +37,14 @@ class Updater:
         if self.ranks is not None:
             self.ranks.sum_grads(self.params)
 
+    @staticmethod
+    def _finite_or_stop(tensors, what: str) -> None:
+        """A non-finite gradient or weight stops the run before it reaches a saved state
+        (summed over ranks first, so every rank stops together)."""
+        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+            raise TrainingError(f"{what} not finite; the step was not applied" if what.startswith("a gradient")
+                                else f"{what} not finite after the step")
+
     def step(self, loss: torch.Tensor) -> bool:
         """Backward and one AdamW step; False when a float16 overflow skipped it."""
         for p in self.params:
@@ -42,7 +52,9 @@ class Updater:
         if self.masters is None:  # float32, or bfloat16 updated in place (optim.master_weights=false)
             loss.backward()
             self._sum_over_ranks()
+            self._finite_or_stop([p.grad for p in self.params], "a gradient is")
             self.optimizer.step()
+            self._finite_or_stop(self.params, "the updated tensors are")
             return True
         (loss * self.scale).backward()
         self._sum_over_ranks()
@@ -53,9 +65,11 @@ class Updater:
             self.scale /= 2
             self.good_steps = 0
             return False
+        self._finite_or_stop(grads, "a gradient is")
         for m, g in zip(self.masters, grads):
             m.grad = g
         self.optimizer.step()
+        self._finite_or_stop(self.masters, "the updated tensors are")
         with torch.no_grad():
             for p, m in zip(self.params, self.masters):
                 p.copy_(m)
@@ -70,6 +84,7 @@ class Updater:
         began, whatever AdamW's momentum or weight decay would do to them. Not for float16,
         whose loss scaling needs the backward (rmu/checks.py refuses that combination)."""
         targets = self.masters or self.params
+        self._finite_or_stop(grads, "a gradient is")
         before = [t.detach().clone() for t in targets] if keep is not None else None
         for t, g in zip(targets, grads):
             t.grad = g.to(t.dtype)
@@ -83,4 +98,5 @@ class Updater:
                     p.copy_(m)
         for t in targets:
             t.grad = None
+        self._finite_or_stop(targets, "the updated tensors are")
         return True

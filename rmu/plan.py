@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from rmu import data as data_mod
 from rmu import models
 from rmu.adapters import module_names_per_layer
+from rmu.checkpoint import check_output_dir, check_writable
 from rmu.checks import check_attack_values, check_train_values, command_line_keys, fail, plain
 from rmu.results import RunResults
 
@@ -45,12 +46,15 @@ class AttackPlan:
     ablate_layers: list[int] | None  # the edited layers, when the ablation runs
 
 
-def check_output_dir(path: str, overwrite: bool) -> None:
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        fail("output_dir", path, "exists and is not a folder")
-    if p.is_dir() and any(p.iterdir()) and not overwrite:
-        fail("output_dir", path, "already exists and is not empty; choose another output_dir or set overwrite=true")
+def storage_bytes(cfg: DictConfig, sizes: dict[str, int], updated: list[str]) -> tuple[int, int]:
+    """(bytes of the output folder's weights, bytes of a resume state) estimated from the
+    parameter counts: the model in its dtype (under unmerged LoRA: the adapter, small), and
+    the updated tensors with AdamW's two moments (and float32 masters in half precision)."""
+    width = 4 if cfg.model.dtype == "float32" else 2
+    n_updated = sum(sizes[n] for n in updated)
+    model = n_updated * width if cfg.adapter is not None and not cfg.adapter.merge else sum(sizes.values()) * width
+    state = n_updated * (width + 8 + (4 if width == 2 and cfg.optim.master_weights else 0))
+    return model, state
 
 
 def read_model_config(mcfg, key: str):
@@ -58,6 +62,9 @@ def read_model_config(mcfg, key: str):
     try:
         return models.read_config(mcfg)
     except (OSError, ValueError) as e:  # no such folder / Hub id, no network, unknown architecture
+        if "custom code" in str(e) and not mcfg.trust_remote_code:
+            fail(f"{key}.path", mcfg.path, f"holds custom model code, which rmu runs only with "
+                                           f"{key}.trust_remote_code=true (set it only for code you trust)")
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         fail(f"{key}.path", mcfg.path, f"cannot read the model's config ({first_line})")
 
@@ -88,9 +95,9 @@ def load_corpora(d) -> tuple[list[data_mod.Corpus], list[data_mod.Corpus]]:
     return forget, retain * len(forget) if len(retain) == 1 else retain
 
 
-def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int]) -> list[str]:
-    """Full names of the tensors a step updates (LoRA: the weights merging changes), checked
-    against the model's layout."""
+def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int]) -> tuple[list[str], dict]:
+    """(full names of the tensors a step updates (LoRA: the weights merging changes), checked
+    against the model's layout; {every parameter's name: its number of elements})."""
     n_layers = config.num_hidden_layers
     if layer_id >= n_layers:
         fail("rmu.layer_id", layer_id, f"must be in 0..{n_layers - 1} (the model has {n_layers} decoder layers)")
@@ -98,7 +105,7 @@ def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int
         if not 0 <= layer <= layer_id:
             fail(f"rmu.update_layers[{i}]", layer, f"must be a layer index in 0..{layer_id} (at or below rmu.layer_id: "
                                                   "later layers do not affect the hooked activations)")
-    names, prefix = models.parameter_layout(config)
+    names, prefix = models.parameter_layout(config, cfg.model.trust_remote_code)
     patterns = list(cfg.rmu.update_params)
     if cfg.adapter is not None:
         targets = list(cfg.adapter.target_modules)
@@ -115,7 +122,7 @@ def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int
             available = sorted({x[len(f"{prefix}.{layer}."):] for x in names if x.startswith(f"{prefix}.{layer}.")})
             fail("rmu.update_params", patterns, f"matches no parameter of layer {layer}; its parameters are: "
                                                 f"{', '.join(available)}")
-    return chosen
+    return chosen, names
 
 
 def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
@@ -124,12 +131,19 @@ def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
     v = check_train_values(cfg, command_line_keys() if user_keys is None else user_keys)
     eval_sets = load_eval_sets(cfg.eval)
     look_up_harness_tasks(cfg.harness)
-    check_output_dir(cfg.output_dir, cfg.overwrite)
+    check_output_dir(cfg.output_dir, cfg.overwrite, protected=(cfg.model.path,))
     if cfg.export.repo_id:
-        check_output_dir(cfg.output_dir.rstrip("/") + "-hub", cfg.overwrite)
+        check_output_dir(cfg.output_dir.rstrip("/") + "-hub", cfg.overwrite, protected=(cfg.model.path,),
+                         key="output_dir (its -hub folder)")
     forget, retain = load_corpora(cfg.data)
     config = read_model_config(cfg.model, "model")
-    names = update_names(cfg, config, v["layer_id"], v["update_layers"])
+    names, sizes = update_names(cfg, config, v["layer_id"], v["update_layers"])
+    model_bytes, state_bytes = storage_bytes(cfg, sizes, names)
+    # The output folder (and its Hub copy), and room for a resume state beside it: a
+    # SIGTERM after the last step saves one.
+    check_writable(cfg.output_dir, model_bytes * (2 if cfg.export.repo_id else 1) + state_bytes,
+                   what=f"the checkpoint ({sum(sizes.values()) / 1e6:.1f} M parameters in {cfg.model.dtype}) "
+                        "with a resume state")
     not_linear = [n for n in names if not n.endswith(".weight") or "norm" in n.rsplit(".", 2)[-2]]
     if cfg.robust.collapse_components and not_linear:
         fail("rmu.update_params", plain(cfg.rmu.update_params), f"robust.collapse_components projects weight matrices "
@@ -142,7 +156,8 @@ def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
 def plan_attack(cfg: DictConfig) -> AttackPlan:
     """The attack command's checks and files, before either model loads."""
     check_attack_values(cfg)
-    check_output_dir(cfg.output_dir, cfg.overwrite)
+    check_output_dir(cfg.output_dir, cfg.overwrite, protected=(cfg.model.path, cfg.base.path))
+    check_writable(cfg.output_dir)
     sets = load_eval_sets(cfg.eval)
     if not sets:
         fail("eval.sets", [], "the attacks need multiple-choice sets with forget / retain roles")

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import hydra
 import torch
@@ -26,8 +29,8 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from rmu.adapters import add_lora
-from rmu.checkpoint import save_run, staged_output
-from rmu.checks import check_fsdp, check_robust_processes, robust_on
+from rmu.checkpoint import clean_leftovers, published_by_me, save_run, staged_output
+from rmu.checks import check_fsdp, check_robust_processes, command_line_keys, robust_on
 from rmu.cli import run_command
 from rmu.data import batch_texts, tokenize
 from rmu.distributed import Ranks
@@ -36,16 +39,19 @@ from rmu.eval import evaluate
 from rmu.export import prepare, push
 from rmu.fsdp import full_state_dict, load_sharded, local_parameter_mib
 from rmu.harness import run_harness
+from rmu.lock import OutputLock, held
 from rmu.losses import forget_loss, mean_token_cosine, mean_token_norm, random_directions, retain_loss
 from rmu.models import load_model
 from rmu.optim import Updater
 from rmu.plan import Plan, plan_train
 from rmu.report import write_report
 from rmu.results import RunResults
-from rmu.resume import Preemption, Resume
+from rmu.pause import pause_point
+from rmu.resume import Interrupted, Preemption, Resume, find_interrupted
 from rmu.robust import Robust
 from rmu.schema import CONF_DIR
 from rmu.span import LayerSpan
+from rmu.sweep import in_sweep
 from rmu.tracking import Tracker
 
 
@@ -106,8 +112,7 @@ def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, cont
     total_loss, total_forget, total_retain = total(loss).item(), total(loss_forget).item(), total(loss_retain).item()
     if not math.isfinite(total_loss):  # the same sums on every rank: all stop, or none
         raise TrainingError(f"non-finite loss at step {step}: forget={total_forget:.4g} retain={total_retain:.4g} "
-                            f"alpha={alpha}; lower optim.lr or rmu.steering_coeff, or use a wider dtype. "
-                            f"Nothing was written.")
+                            f"alpha={alpha}; lower optim.lr or rmu.steering_coeff, or use a wider dtype")
     kept = None
     if not separate:
         applied = updater.step(loss)  # backward, then AdamW (float32 master copies for bf16/fp16: rmu/optim.py)
@@ -153,6 +158,9 @@ class Run:
     controls: torch.Tensor  # (K, D) float32 on the CPU, ‖control_k‖ = c_k; what control_vectors.safetensors holds
     tracker: Tracker
     robust: Robust | None  # the robust variants' stages (rmu/robust.py); None when all are off
+    lock: OutputLock  # this run's claim on output_dir (taken by rank 0)
+    resume: Resume  # where the training state is saved (rmu/resume.py)
+    state: dict | None  # the saved state this run resumes from, checked before the model loaded
 
 
 def setup(cfg: DictConfig) -> Run:
@@ -164,7 +172,33 @@ def setup(cfg: DictConfig) -> Run:
     if ranks.fsdp:
         check_fsdp(cfg)
     check_robust_processes(cfg.robust, ranks.size, ranks.fsdp)
+    if "output_dir" not in command_line_keys() and not in_sweep():
+        # The default timestamped folder: the same command continues an interrupted run of this config.
+        interrupted = ranks.on_main(lambda: find_interrupted(cfg))
+        if interrupted:
+            ranks.print(f"rmu: continuing the interrupted run {interrupted} (same config; set output_dir to start "
+                        f"a new run instead)")
+            cfg.output_dir = interrupted
     cfg.output_dir = ranks.same(str(cfg.output_dir))  # one folder, even if ranks started in different seconds
+    lock = OutputLock(cfg.output_dir)
+    note = ranks.on_main(lock.acquire)  # a second run into this output_dir stops here
+    try:
+        for line in ranks.on_main(lambda: clean_leftovers(cfg.output_dir, held)) or []:
+            ranks.print(line)
+        if note:
+            ranks.print(note)
+        resume = Resume(cfg)
+        state = ranks.on_main(resume.load)  # checked before the weights load: a bad state fails in seconds
+        if not ranks.main:
+            state = resume.load()
+        return build(cfg, plan, ranks, lock, resume, state)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def build(cfg: DictConfig, plan: Plan, ranks: Ranks, lock: OutputLock, resume: Resume, state: dict | None) -> Run:
+    """The second half of `setup`, once everything is checked: the model and what trains."""
     torch.manual_seed(cfg.seed)
     model, tokenizer = load(cfg, plan, ranks)
     tokenizer.padding_side = cfg.data.padding_side
@@ -196,7 +230,7 @@ def setup(cfg: DictConfig) -> Run:
     names = plan.update_names if peft_model is None else []
     robust = Robust(cfg.robust, cfg.seed, updated, names, model, ranks) if robust_on(cfg.robust) else None
     return Run(cfg, plan, ranks, model, tokenizer, device, peft_model, span, updated, updater, coeffs, controls,
-               tracker, robust)
+               tracker, robust, lock, resume, state)
 
 
 def load(cfg: DictConfig, plan: Plan, ranks: Ranks):
@@ -223,7 +257,7 @@ def auto_coefficients(span: LayerSpan, tokenizer, plan: Plan, cfg, device, n_ran
     return coeffs
 
 
-def fit(run: Run) -> list[dict]:
+def fit(run: Run, preemption: Preemption, before: tuple) -> list[dict]:
     """The training loop: step i trains topic i % K on batch i // K of its forget and retain
     corpora (each rank its slice of the global batch). Resumes a preempted run with this
     config and output_dir (rmu/resume.py); SIGTERM saves the state and stops. Returns
@@ -232,17 +266,14 @@ def fit(run: Run) -> list[dict]:
     device = run.device
     controls = run.controls.to(device=device, dtype=run.model.dtype)
     global_batch = t.batch_size * ranks.size
-    resume, rows, start = Resume(cfg), [], 0
-    state = resume.load()
-    if state is not None:
-        Resume.restore(state, run.updated, run.updater, run.robust)
-        rows, start = state["rows"], state["step"]
+    resume, rows, start = run.resume, [], 0
+    if run.state is not None:
+        Resume.restore(run.state, run.updated, run.updater, run.robust)
+        rows, start = run.state["rows"], run.state["step"]
         ranks.print(f"rmu: resuming at step {start} from {resume.folder}")
-    preemption = Preemption()
-    bar = tqdm(range(start, t.max_steps), desc="rmu", disable=not (t.progress and ranks.main), initial=start,
-               total=t.max_steps)
+    progress = Progress(t.progress and ranks.main, start, t.max_steps)
     try:
-        for step in bar:
+        for step in range(start, t.max_steps):
             k, index = step % len(plan.topics), step // len(plan.topics)
             forget = tokenize(run.tokenizer, ranks.shard(batch_texts(plan.forget[k], index, global_batch)),
                               plan.forget[k].max_length, device)
@@ -253,18 +284,53 @@ def fit(run: Run) -> list[dict]:
             record["topic"] = plan.topics[k]
             rows.append(record)
             run.tracker.step(record)
-            bar.set_postfix(topic=plan.topics[k], forget=f"{record['forget_loss']:.3g}",
-                            retain=f"{record['retain_loss']:.3g}")
+            progress.update(record)
             done = step + 1
+            pause_point(f"step-{done}")
             stop = ranks.any(preemption.requested)  # SIGTERM on any rank stops all of them
             if done < t.max_steps and (stop or (t.save_every and done % t.save_every == 0)):
-                ranks.on_main(lambda: resume.save(done, run.updated, run.updater, rows, run.robust))
+                ranks.on_main(lambda: resume.save(done, run.updated, run.updater, rows, run.robust, before))
             if stop and done < t.max_steps:
-                raise Preempted(f"stopped by SIGTERM after step {done}; the state is in {resume.folder}: "
-                                f"run the same command again to resume")
+                raise Preempted(stopped_message(run, f"after step {done}"))
+    except TrainingError as e:  # say what the disk holds now, whatever the cause
+        raise TrainingError(f"{e}{resume._kept() if resume.saved_step is not None else '; nothing was written'}") \
+            from None
     finally:
-        preemption.restore()
+        progress.close()
     return rows
+
+
+class Progress:
+    """A tqdm bar on a terminal; in a log file (SLURM, nohup) one plain line per 10 % of
+    the run instead of carriage-return frames that `tail` cannot read."""
+
+    def __init__(self, enabled: bool, start: int, total: int):
+        self.tty = enabled and sys.stderr.isatty()
+        self.enabled, self.total, self.every = enabled, total, max(1, total // 10)
+        self.bar = tqdm(desc="rmu", initial=start, total=total) if self.tty else None
+
+    def update(self, record: dict) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(topic=record["topic"], forget=f"{record['forget_loss']:.3g}",
+                                 retain=f"{record['retain_loss']:.3g}")
+        elif self.enabled and ((record["step"] + 1) % self.every == 0 or record["step"] + 1 == self.total):
+            print(f"rmu: step {record['step'] + 1}/{self.total} {record['topic']} forget {record['forget_loss']:.4g} "
+                  f"retain {record['retain_loss']:.4g}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def stopped_message(run: Run, when: str) -> str:
+    """What a preempted run says: where the state is and the exact command that resumes it."""
+    args = [a for a in sys.argv[1:] if a.split("=", 1)[0].lstrip("+~") not in ("output_dir", "overwrite")]
+    module = getattr(sys.modules.get("__main__"), "__spec__", None)
+    command = shlex.join(["python", "-m", module.name if module else "rmu.train", *args,
+                          f"output_dir={run.cfg.output_dir}"])
+    return (f"stopped by SIGTERM {when}; the state is in {run.resume.folder}: run the same command again to "
+            f"resume, or exactly: {command}")
 
 
 def evaluate_run(run: Run, model_path: str, revision: str | None) -> tuple[dict, dict | None]:
@@ -314,7 +380,7 @@ def write_run(run: Run, rows: list[dict], before: tuple, after: tuple, seconds: 
             results.write(out)
             (out / "eval_table.txt").write_text(results.table() + "\n")
             write_report(out)  # report.png (loss curves, accuracy bars) and report.md
-        Resume(cfg).clear()
+        run.resume.clear()
         run.tracker.finish(results)
         return results
 
@@ -326,19 +392,31 @@ def train(cfg: DictConfig) -> RunResults | None:
     Returns results.json's content on rank 0 (None on the other ranks)."""
     t0 = time.perf_counter()
     run = setup(cfg)
+    preemption = Preemption()  # SIGTERM: save the state and stop (rmu/resume.py)
     try:
         t_load = time.perf_counter()
-        before = evaluate_run(run, cfg.model.path, cfg.model.revision)
+        if run.state is not None and run.state.get("before") is not None:
+            before = tuple(run.state["before"])  # measured before the interruption: not redone
+        else:
+            before = evaluate_run(run, cfg.model.path, cfg.model.revision)
         t_eval = time.perf_counter()
-        rows = fit(run)
+        rows = fit(run, preemption, before)
         t_train = time.perf_counter()
-        after = evaluate_run(run, str(cfg.output_dir), None)
-        seconds = {"load": t_load - t0, "eval_before": t_eval - t_load, "train": t_train - t_eval,
-                   "eval_after": time.perf_counter() - t_train}
-        results = write_run(run, rows, before, after, seconds, started=t0)
+        preemption.at_once()  # from here a SIGTERM saves the trained state at once
+        try:
+            pause_point("eval_after")
+            after = evaluate_run(run, str(cfg.output_dir), None)
+            seconds = {"load": t_load - t0, "eval_before": t_eval - t_load, "train": t_train - t_eval,
+                       "eval_after": time.perf_counter() - t_train}
+            results = write_run(run, rows, before, after, seconds, started=t0)
+        except Interrupted:
+            interrupted_after_training(run, rows, before)
     except BaseException:
         run.tracker.abort()  # the wandb run ends as failed
         raise
+    finally:
+        preemption.restore()
+        run.lock.release()
     if results is None:
         return None
     if results.eval or results.harness:
@@ -352,6 +430,19 @@ def train(cfg: DictConfig) -> RunResults | None:
         if cfg.export.push:
             print(f"rmu: pushed to {push(hub, cfg.export.repo_id, cfg.export.private)}")
     return results
+
+
+def interrupted_after_training(run: Run, rows: list[dict], before: tuple):
+    """SIGTERM during the final evaluation or the save: keep the trained tensors so that a
+    rerun only evaluates and writes. Rank 0 saves without waiting for the others (they
+    may be inside a collective that will not complete)."""
+    out = run.cfg.output_dir
+    if published_by_me(Path(out).expanduser().absolute()):  # the signal came after the folder was published
+        run.resume.clear()
+        raise Preempted(f"stopped by SIGTERM after {out} was written; the run is complete")
+    if run.ranks.main:
+        run.resume.save(run.cfg.trainer.max_steps, run.updated, run.updater, rows, run.robust, before)
+    raise Preempted(stopped_message(run, "after training, before the output was written"))
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")

@@ -58,8 +58,14 @@ def test_existing_output_is_never_overwritten_unless_asked(tmp_path):
     assert "already exists and is not empty" in proc.stderr and "overwrite=true" in proc.stderr
     assert (out / "precious.txt").read_text() == "keep me"
     proc = run_cli("rmu.train", *TINY, f"output_dir={out}", "overwrite=true")
-    assert proc.returncode == 0, proc.stderr
-    assert (out / "model.safetensors").is_file() and not (out / "precious.txt").exists()
+    assert proc.returncode != 0 and "was not written by rmu" in proc.stderr  # rmu deletes only its own folders
+    assert (out / "precious.txt").read_text() == "keep me"
+    (out / "precious.txt").unlink()
+    assert run_cli("rmu.train", *TINY, f"output_dir={out}").returncode == 0
+    first = (out / "model.safetensors").read_bytes()
+    proc = run_cli("rmu.train", *TINY, f"output_dir={out}", "overwrite=true", "seed=1")
+    assert proc.returncode == 0, proc.stderr  # a folder rmu wrote, holding nothing else: replaced
+    assert (out / "model.safetensors").read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
@@ -119,7 +125,7 @@ def test_non_finite_loss_stops_names_the_step_and_writes_nothing(tmp_path):
     proc = run_cli("rmu.train", *TINY, f"output_dir={out}", "optim.lr=1e30", "trainer.max_steps=6")
     assert proc.returncode != 0
     assert "non-finite loss at step 1" in proc.stderr, proc.stderr
-    assert "Nothing was written" in proc.stderr
+    assert "nothing was written" in proc.stderr
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary sibling
 
 

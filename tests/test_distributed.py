@@ -91,7 +91,7 @@ def test_sigterm_then_restart_ends_with_the_weights_of_an_uninterrupted_run(tmp_
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     out = tmp_path / "resumed"
-    state = tmp_path / ".resumed.resume" / "state.pt"
+    state = tmp_path / ".resumed.resume" / "state.json"
     proc = subprocess.Popen([sys.executable, "-m", "rmu.train", *long, f"output_dir={out}"], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -102,7 +102,7 @@ def test_sigterm_then_restart_ends_with_the_weights_of_an_uninterrupted_run(tmp_
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 143, stderr[-3000:]
     assert "stopped by SIGTERM after step" in stdout and not out.exists()
-    stopped_at = torch.load(state, weights_only=False)["step"]
+    stopped_at = json.loads(state.read_text())["step"]
     assert 0 < stopped_at < 200
 
     again = run_cli("rmu.train", *long, f"output_dir={out}")
@@ -118,10 +118,11 @@ def test_a_resume_state_of_another_config_is_refused(tmp_path):
     out = tmp_path / "run"
     state_dir = tmp_path / ".run.resume"
     state_dir.mkdir()
-    torch.save({"fingerprint": "something-else"}, state_dir / "state.pt")
+    (state_dir / "state.json").write_text(json.dumps({"format": 2, "fingerprint": "something-else",
+                                                      "tensors": "tensors-2.pt"}))
     proc = run_cli("rmu.train", *RUN, "trainer.batch_size=2", f"output_dir={out}")
     assert proc.returncode != 0 and "holds the state of a run with a different config" in proc.stderr
-    assert (state_dir / "state.pt").exists()  # never deleted behind the user's back
+    assert (state_dir / "state.json").exists()  # never deleted behind the user's back
 
 
 def test_shipped_accelerate_configs_parse():

@@ -133,7 +133,7 @@ def test_a_two_job_sweep_through_slurm_with_a_requeue(tmp_path, launcher):
     # they save at the end of the step and exit; SLURM starts the job again and it resumes.
     deadline = time.time() + 300
     while requeued is None and time.time() < deadline and proc.poll() is None:
-        requeued = next((n for n in (0, 1) if (sweep_dir / f".{n}.resume" / "state.pt").exists()), None)
+        requeued = next((n for n in (0, 1) if (sweep_dir / f".{n}.resume" / "state.json").exists()), None)
         time.sleep(0.1)
     assert requeued is not None, "no job saved a training state"
     jobs = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True).stdout.split()

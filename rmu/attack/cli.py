@@ -30,6 +30,7 @@ from rmu.attack.in_context import shot_contexts
 from rmu.attack.probe import features, probe_features
 from rmu.attack.relearn import finetune, finetune_checkpoints, qa_texts, split_half
 from rmu.checkpoint import staged_output
+from rmu.lock import OutputLock
 from rmu.cli import run_command
 from rmu.eval import evaluate, score_set
 from rmu.models import load_model
@@ -275,6 +276,11 @@ def summary_table(rows: list[dict]) -> str:
 def run(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     plan = plan_attack(cfg)  # raises ConfigError / DataError before either model loads
+    with OutputLock(cfg.output_dir):  # one command per output folder (rmu/lock.py)
+        return attack(cfg, plan, t0)
+
+
+def attack(cfg: DictConfig, plan, t0: float) -> dict:
     torch.manual_seed(cfg.seed)
     model, tok = load_model(cfg.model, cfg.seed)
     base_model, _ = load_model(cfg.base, cfg.seed)
