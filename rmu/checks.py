@@ -144,6 +144,8 @@ def check_corpus(entry, key: str) -> None:
     if bool(entry.path) == bool(entry.dataset):
         fail(key, plain(entry), "set exactly one of `path` (local file) or `dataset` (datasets id or folder)")
     check_int(f"{key}.max_length", entry.max_length, 1)
+    if entry.field is None and not entry.path:
+        fail(f"{key}.field", None, "null (the raw line) needs a `path` file; a dataset needs a column name")
 
 
 def check_data(d) -> int:
@@ -163,6 +165,8 @@ def check_data(d) -> int:
     check_int("data.min_chars", d.min_chars, 0)
     if d.padding_side not in ("left", "right"):
         fail("data.padding_side", d.padding_side, "allowed: left, right")
+    if d.truncation_side not in (None, "left", "right"):
+        fail("data.truncation_side", d.truncation_side, "allowed: left, right, null (the tokenizer's own)")
     return n
 
 
@@ -289,6 +293,12 @@ def check_train_values(cfg: DictConfig, user_keys: set[str] = frozenset()) -> di
     check_num("optim.lr", o.lr, positive=True)
     check_num("optim.weight_decay", o.weight_decay)
     check_num("optim.eps", o.eps, positive=True)
+    if o.name not in ("adamw", "adamw_reference"):
+        fail("optim.name", o.name, "allowed: adamw, adamw_reference")
+    if cfg.rmu.numerics not in ("float32", "reference"):
+        fail("rmu.numerics", cfg.rmu.numerics, "allowed: float32, reference")
+    if cfg.rmu.numerics == "reference" and cfg.rmu.mask_padding:
+        fail("rmu.numerics", "reference", "computes the reference's unmasked means; it needs rmu.mask_padding=false")
     if not (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas)):
         fail("optim.betas", plain(o.betas), "must be two numbers in [0, 1)")
     if not o.master_weights and cfg.model.dtype == "float16":

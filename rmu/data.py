@@ -2,12 +2,14 @@
 how they are batched.
 
 A corpus entry in the config names exactly one source:
-  - `path`: a local `.jsonl` (one JSON object per line, text under `field`) or `.txt`
-    (one document per non-empty line) file; `bundled:<file>` names a file shipped in
-    `rmu/corpora/`;
+  - `path`: a local `.jsonl` (one JSON object per line, text under `field`; `field: null`
+    takes every raw line, JSON and newline included, as the reference reads its cyber
+    corpus) or `.txt` (one document per non-empty line) file; `bundled:<file>` names a
+    file shipped in `rmu/corpora/`;
   - `dataset`: a `datasets` id or local dataset folder, with `subset`, `split`, `field`
     (how the WMDP corpora and wikitext are published).
-Texts with fewer than `min_chars` characters are dropped, as the reference code does.
+Texts with fewer than `min_chars` characters are dropped (with `strictly_longer`, texts
+of exactly `min_chars` too: the reference keeps `len(text) > min_len`).
 """
 
 from __future__ import annotations
@@ -74,12 +76,14 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def load_texts(entry: dict, min_chars: int) -> list[str]:
+def load_texts(entry: dict, min_chars: int, strictly_longer: bool = False) -> list[str]:
     """All texts of one corpus entry, in source order, shorter ones dropped."""
-    field = entry.get("field") or "text"
+    field = entry.get("field", "text")
     if entry.get("path"):
         path = resolve_path(entry["path"])
-        if path.suffix == ".jsonl":
+        if field is None:  # every line as it is in the file
+            texts = [line for _, line in _lines(path)]
+        elif path.suffix == ".jsonl":
             texts = []
             for lineno, row in _read_jsonl(path):
                 if not isinstance(row.get(field), str):
@@ -99,22 +103,31 @@ def load_texts(entry: dict, min_chars: int) -> list[str]:
             raise DataError(f"dataset {entry['dataset']}: no column {field!r} (columns: {ds.column_names})")
         texts = [str(t) for t in ds[field]]
         where = f"dataset {entry['dataset']}"
-    kept = [t for t in texts if len(t) >= min_chars]
+    kept = [t for t in texts if len(t) > min_chars or (len(t) == min_chars and not strictly_longer)]
     if not kept:
-        raise DataError(f"{where}: no text with at least {min_chars} characters ({len(texts)} texts read)")
+        raise DataError(f"{where}: no text {'longer than' if strictly_longer else 'with at least'} {min_chars} "
+                        f"characters ({len(texts)} texts read)")
     return kept
 
 
-def load_corpus(entry: dict, min_chars: int) -> Corpus:
-    return Corpus(name=entry["name"], texts=load_texts(entry, min_chars), max_length=int(entry["max_length"]))
+def load_corpus(entry: dict, min_chars: int, strictly_longer: bool = False) -> Corpus:
+    return Corpus(name=entry["name"], texts=load_texts(entry, min_chars, strictly_longer),
+                  max_length=int(entry["max_length"]))
 
 
-def batch_texts(corpus: Corpus, index: int, batch_size: int) -> list[str]:
-    """Batch `index` of the corpus in file order, wrapping around to the start when the
-    corpus is exhausted (the reference stops instead; it never runs past one pass)."""
+def batch_texts(corpus: Corpus, index: int, batch_size: int, wrap: bool = True) -> list[str]:
+    """Batch `index` of the corpus in file order. Past the end it wraps around to the
+    start; with `wrap=False` (one pass, as the reference) the last batch may be short."""
     n = len(corpus.texts)
+    if not wrap:
+        return corpus.texts[index * batch_size:(index + 1) * batch_size]
     start = (index * batch_size) % n
     return [corpus.texts[(start + j) % n] for j in range(batch_size)]
+
+
+def n_batches(corpus: Corpus, batch_size: int) -> int:
+    """Batches in one pass over the corpus, a last short one included."""
+    return -(-len(corpus.texts) // batch_size)
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int, device) -> dict[str, torch.Tensor]:

@@ -21,8 +21,24 @@ def random_directions(n_topics: int, hidden_size: int, seed: int) -> torch.Tenso
     return u / u.norm(dim=-1, keepdim=True)
 
 
-def masked_mse(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean squared error over (B, T, D); `mask` (B, T) of 1 = real token, 0 = pad, or None."""
+def reference_controls(coeffs: list[float], hidden_size: int, seed: int, dtype, device) -> torch.Tensor:
+    """The reference code's control vectors: after seeding, one `torch.rand(1, 1, D)` per
+    topic in the model's dtype on the model's device, scaled in that dtype. Returned as
+    float32 on the CPU (K, D): exact copies of those values."""
+    torch.manual_seed(seed)
+    rows = []
+    for c in coeffs:
+        u = torch.rand(1, 1, hidden_size, dtype=dtype, device=device)
+        rows.append((u / torch.norm(u) * c).view(-1).float().cpu())
+    return torch.stack(rows)
+
+
+def masked_mse(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+               model_dtype: bool = False) -> torch.Tensor:
+    """Mean squared error over (B, T, D); `mask` (B, T) of 1 = real token, 0 = pad, or None.
+    `model_dtype`: in x's dtype as `F.mse_loss` does (the reference), not float32."""
+    if model_dtype and mask is None:
+        return torch.nn.functional.mse_loss(x, target.to(x.dtype))
     sq = (x.float() - target.float()).pow(2)  # (B, T, D); float32 so bf16 runs do not lose the sum
     if mask is None:
         return sq.mean()
@@ -30,14 +46,16 @@ def masked_mse(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None)
     return (sq * m).sum() / (m.sum() * x.shape[-1])
 
 
-def forget_loss(h: torch.Tensor, control: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def forget_loss(h: torch.Tensor, control: torch.Tensor, mask: torch.Tensor | None,
+                model_dtype: bool = False) -> torch.Tensor:
     """Push the updated model's layer-ℓ activations on forget text toward control (D,)."""
-    return masked_mse(h, control.expand_as(h), mask)
+    return masked_mse(h, control.expand_as(h), mask, model_dtype)
 
 
-def retain_loss(h: torch.Tensor, h_frozen: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def retain_loss(h: torch.Tensor, h_frozen: torch.Tensor, mask: torch.Tensor | None,
+                model_dtype: bool = False) -> torch.Tensor:
     """Keep the updated model's layer-ℓ activations on retain text at the frozen model's."""
-    return masked_mse(h, h_frozen, mask)
+    return masked_mse(h, h_frozen, mask, model_dtype)
 
 
 def mean_token_norm(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

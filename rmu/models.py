@@ -140,11 +140,14 @@ def _weights_source(mcfg) -> tuple[str | Path, str | None]:
     return (_convert_gguf(*gguf), None) if gguf else (mcfg.path, mcfg.revision)
 
 
-def load_tokenizer(mcfg):
+def load_tokenizer(mcfg, fast: bool = True):
+    """The model's tokenizer; `fast=False` asks for the slow one (`use_fast=False`, as the
+    reference does; transformers 5 gives the fast one where no slow one exists)."""
     from transformers import AutoTokenizer
 
     source, revision = _weights_source(mcfg)
-    tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=mcfg.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=mcfg.trust_remote_code,
+                                        use_fast=fast)
     if tok.pad_token is None:  # Llama-family tokenizers ship without one; the reference uses eos
         tok.pad_token = tok.eos_token
     return tok

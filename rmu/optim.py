@@ -12,6 +12,8 @@ do not flush to zero, halving the scale and skipping the step when a gradient ov
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from rmu.errors import TrainingError
@@ -20,9 +22,45 @@ INITIAL_SCALE = 2.0 ** 16
 GROWTH_INTERVAL = 200  # steps without overflow before the float16 loss scale doubles
 
 
+class ReferenceAdamW(torch.optim.Optimizer):
+    """AdamW as transformers' `AdamW` (4.38 and before) computes it, which the WMDP
+    reference code uses: eps is added to √v before the bias correction,
+
+        m ← β₁m + (1−β₁)g,   v ← β₂v + (1−β₂)g²
+        p ← p − lr·√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + eps),   then p ← p − lr·wd·p
+
+    where torch's AdamW divides by √(v/(1−β₂ᵗ)) + eps. With eps 1e-6 the effective eps is
+    ~3e-5 at step 1, so the two differ most early on. The moments are kept in the
+    parameter's dtype, as there."""
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_(p.grad, alpha=1.0 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
+                step_size = group["lr"] * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
+                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-step_size)
+                if group["weight_decay"] > 0.0:
+                    p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+
+
 class Updater:
     def __init__(self, params: list[torch.Tensor], lr: float, betas, eps: float, weight_decay: float,
-                 master_weights: bool, ranks=None):
+                 master_weights: bool, ranks=None, reference: bool = False):
         self.params = params
         self.ranks = ranks  # several processes: gradients are summed over them (rmu/distributed.py)
         half = params[0].dtype in (torch.bfloat16, torch.float16)
@@ -30,8 +68,8 @@ class Updater:
                         if half and master_weights else None)
         self.scale = INITIAL_SCALE if params[0].dtype == torch.float16 else 1.0
         self.good_steps = 0
-        self.optimizer = torch.optim.AdamW(self.masters or params, lr=lr, betas=tuple(betas), eps=eps,
-                                           weight_decay=weight_decay)
+        kind = ReferenceAdamW if reference else torch.optim.AdamW  # optim.name: adamw_reference | adamw
+        self.optimizer = kind(self.masters or params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
     def _sum_over_ranks(self):
         if self.ranks is not None:

@@ -35,6 +35,7 @@ class Plan:
     alpha: list[float]
     eval_sets: list[tuple[str, str, list[data_mod.MCQItem]]]  # (name, role, items)
     hidden_size: int
+    steps: int  # trainer.max_steps, or with trainer.one_pass the batches of the shortest corpus if fewer
 
 
 @dataclass
@@ -90,8 +91,8 @@ def look_up_harness_tasks(h) -> None:
 
 def load_corpora(d) -> tuple[list[data_mod.Corpus], list[data_mod.Corpus]]:
     """(forget corpora, retain corpora), one retain corpus per forget topic."""
-    forget = [data_mod.load_corpus(plain(e), d.min_chars) for e in d.forget]
-    retain = [data_mod.load_corpus(plain(e), d.min_chars) for e in d.retain]
+    forget = [data_mod.load_corpus(plain(e), d.min_chars, d.strictly_longer) for e in d.forget]
+    retain = [data_mod.load_corpus(plain(e), d.min_chars, d.strictly_longer) for e in d.retain]
     return forget, retain * len(forget) if len(retain) == 1 else retain
 
 
@@ -136,6 +137,9 @@ def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
         check_output_dir(cfg.output_dir.rstrip("/") + "-hub", cfg.overwrite, protected=(cfg.model.path,),
                          key="output_dir (its -hub folder)")
     forget, retain = load_corpora(cfg.data)
+    steps = cfg.trainer.max_steps
+    if cfg.trainer.one_pass:  # the reference: one pass over the shortest corpus at most
+        steps = min(steps, *(data_mod.n_batches(c, cfg.trainer.batch_size) for c in forget + retain))
     config = read_model_config(cfg.model, "model")
     names, sizes = update_names(cfg, config, v["layer_id"], v["update_layers"])
     model_bytes, state_bytes = storage_bytes(cfg, sizes, names)
@@ -150,7 +154,7 @@ def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
                                                                 f"of linear layers; {not_linear[0]} is not one")
     return Plan(topics=[c.name for c in forget], forget=forget, retain=retain, layer_id=v["layer_id"],
                 update_layers=v["update_layers"], update_names=names, steering_coeff=v["steering"], alpha=v["alpha"],
-                eval_sets=eval_sets, hidden_size=config.hidden_size)
+                eval_sets=eval_sets, hidden_size=config.hidden_size, steps=steps)
 
 
 def plan_attack(cfg: DictConfig) -> AttackPlan:

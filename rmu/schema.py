@@ -41,7 +41,7 @@ class CorpusConfig:
     dataset: Optional[str] = None
     subset: Optional[str] = None
     split: Optional[str] = None
-    field: Optional[str] = None  # null = "text"
+    field: Optional[str] = "text"  # null = the raw line (the reference reads the cyber corpus so)
     max_length: int = MISSING
 
 
@@ -50,7 +50,11 @@ class DataConfig:
     forget: List[CorpusConfig] = MISSING
     retain: List[CorpusConfig] = MISSING
     min_chars: int = MISSING
+    strictly_longer: bool = MISSING
     padding_side: str = MISSING
+    truncation_side: Optional[str] = MISSING
+    fast_tokenizer: bool = MISSING
+    pad_with_eos: bool = MISSING
 
 
 @dataclass
@@ -62,6 +66,7 @@ class RmuConfig:
     auto_beta: float = MISSING
     alpha: Any = MISSING  # number | one number per topic
     mask_padding: bool = MISSING
+    numerics: str = MISSING
 
 
 @dataclass
@@ -82,6 +87,7 @@ class RobustConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = MISSING
     lr: float = MISSING
     weight_decay: float = MISSING
     eps: float = MISSING
@@ -95,6 +101,7 @@ class TrainerConfig:
     batch_size: int = MISSING
     progress: bool = MISSING
     save_every: int = MISSING
+    one_pass: bool = MISSING
 
 
 @dataclass

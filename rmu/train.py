@@ -34,14 +34,15 @@ from rmu.checks import check_fsdp, check_robust_processes, command_line_keys, ro
 from rmu.cli import run_command
 from rmu.data import batch_texts, tokenize
 from rmu.distributed import Ranks
-from rmu.errors import Preempted, TrainingError
+from rmu.errors import ConfigError, Preempted, TrainingError
 from rmu.eval import evaluate
 from rmu.export import prepare, push
 from rmu.fsdp import full_state_dict, load_sharded, local_parameter_mib
 from rmu.harness import run_harness
 from rmu.lock import OutputLock, held
-from rmu.losses import forget_loss, mean_token_cosine, mean_token_norm, random_directions, retain_loss
-from rmu.models import load_model
+from rmu.losses import (forget_loss, mean_token_cosine, mean_token_norm, random_directions, reference_controls,
+                        retain_loss)
+from rmu.models import load_model, load_tokenizer
 from rmu.optim import Updater
 from rmu.plan import Plan, plan_train
 from rmu.report import write_report
@@ -57,7 +58,7 @@ from rmu.tracking import Tracker
 
 def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, control: torch.Tensor,
              alpha: float, mask_padding: bool, step: int, ranks: Ranks | None = None,
-             robust: Robust | None = None) -> dict:
+             robust: Robust | None = None, model_dtype_loss: bool = False) -> dict:
     """One RMU update on one forget batch of topic k and one retain batch.
 
         L = mean((h_ℓ^upd(x_f) − c_k·u_k)²) + α_k · mean((h_ℓ^upd(x_r) − h_ℓ^frozen(x_r))²)
@@ -77,6 +78,8 @@ def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, cont
 
     `robust` (rmu/robust.py, the `robust` config section) adds the robust variants' stages,
     marked below; without it, or with every stage off, this is the plain step.
+    `model_dtype_loss` computes both MSEs in the model's dtype, as the reference does
+    (`rmu.numerics=reference`); otherwise in float32.
     """
     forget_mask = forget["attention_mask"] if mask_padding else None
     retain_mask = retain["attention_mask"] if mask_padding else None
@@ -98,14 +101,14 @@ def rmu_step(span: LayerSpan, updater: Updater, forget: dict, retain: dict, cont
     # (robust 3, meta-unlearning: at the tensors a relearning attacker reaches from here).
     with robust.relearned(span, forget, forget_in, forget_mask) if robust is not None else nullcontext():
         h_forget = span.run(forget_in)  # (B, T, D)
-        loss_forget = forget_share * forget_loss(h_forget, control, forget_mask)
+        loss_forget = forget_share * forget_loss(h_forget, control, forget_mask, model_dtype_loss)
         g_forget = torch.autograd.grad(loss_forget, updater.params) if separate else None
 
     # Retain: keep the updated model's activations on retain text where the frozen model has them.
     h_retain = span.run(retain_in)  # (B, T, D)
     with torch.no_grad():
         h_frozen = span.run(retain_in, frozen=True)
-    loss_retain = retain_share * retain_loss(h_retain, h_frozen, retain_mask)
+    loss_retain = retain_share * retain_loss(h_retain, h_frozen, retain_mask, model_dtype_loss)
     loss = loss_forget + alpha * loss_retain
 
     total = ranks.total if ranks else (lambda x: x.detach())  # sums over ranks: the whole batch's losses
@@ -172,6 +175,9 @@ def setup(cfg: DictConfig) -> Run:
     if ranks.fsdp:
         check_fsdp(cfg)
     check_robust_processes(cfg.robust, ranks.size, ranks.fsdp)
+    if cfg.trainer.one_pass and ranks.size > 1:
+        raise ConfigError(f"trainer.one_pass=true: runs on one process only (the reference's short last batch does "
+                          f"not split over {ranks.size} processes)")
     if "output_dir" not in command_line_keys() and not in_sweep():
         # The default timestamped folder: the same command continues an interrupted run of this config.
         interrupted = ranks.on_main(lambda: find_interrupted(cfg))
@@ -201,8 +207,17 @@ def build(cfg: DictConfig, plan: Plan, ranks: Ranks, lock: OutputLock, resume: R
     """The second half of `setup`, once everything is checked: the model and what trains."""
     torch.manual_seed(cfg.seed)
     model, tokenizer = load(cfg, plan, ranks)
+    if not cfg.data.fast_tokenizer:
+        tokenizer = load_tokenizer(cfg.model, fast=False)
+    if cfg.data.pad_with_eos:  # the reference pads with eos even where the tokenizer has a pad token
+        tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = cfg.data.padding_side
+    if cfg.data.truncation_side is not None:
+        tokenizer.truncation_side = cfg.data.truncation_side
     model.requires_grad_(False)
+    # Both passes without dropout: activations matched to the frozen model's must not be
+    # noised (only LoRA's own dropout, adapter.dropout, stays on).
+    model.eval()
     peft_model = None
     if cfg.adapter is None:
         # Only the selected tensors require gradients: backward then computes nothing else.
@@ -218,10 +233,13 @@ def build(cfg: DictConfig, plan: Plan, ranks: Ranks, lock: OutputLock, resume: R
         span = LayerSpan(model, plan.layer_id, names, disable_adapter=peft_model.disable_adapter)
     o = cfg.optim
     updater = Updater(updated, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
-                      master_weights=o.master_weights, ranks=ranks)
+                      master_weights=o.master_weights, ranks=ranks, reference=o.name == "adamw_reference")
     device = ranks.device if ranks.fsdp else next(model.parameters()).device
     coeffs = plan.steering_coeff or auto_coefficients(span, tokenizer, plan, cfg, device, ranks.size)
-    controls = random_directions(len(plan.topics), plan.hidden_size, cfg.seed) * torch.tensor(coeffs).unsqueeze(1)
+    if cfg.rmu.numerics == "reference":  # torch.rand in the model's dtype on its device, right after seeding
+        controls = reference_controls(coeffs, plan.hidden_size, cfg.seed, model.dtype, device)
+    else:
+        controls = random_directions(len(plan.topics), plan.hidden_size, cfg.seed) * torch.tensor(coeffs).unsqueeze(1)
     what = (f"updating {len(plan.update_names)} tensors: {plan.update_names}" if peft_model is None else
             f"LoRA r={cfg.adapter.r} on {list(cfg.adapter.target_modules)} of layers {plan.update_layers}")
     ranks.print(f"rmu: topics {plan.topics}, steering_coeff {[round(c, 2) for c in coeffs]}, alpha {plan.alpha}, "
@@ -271,16 +289,17 @@ def fit(run: Run, preemption: Preemption, before: tuple) -> list[dict]:
         Resume.restore(run.state, run.updated, run.updater, run.robust)
         rows, start = run.state["rows"], run.state["step"]
         ranks.print(f"rmu: resuming at step {start} from {resume.folder}")
-    progress = Progress(t.progress and ranks.main, start, t.max_steps)
+    progress = Progress(t.progress and ranks.main, start, plan.steps)
     try:
-        for step in range(start, t.max_steps):
+        for step in range(start, plan.steps):
             k, index = step % len(plan.topics), step // len(plan.topics)
-            forget = tokenize(run.tokenizer, ranks.shard(batch_texts(plan.forget[k], index, global_batch)),
+            wrap = not t.one_pass
+            forget = tokenize(run.tokenizer, ranks.shard(batch_texts(plan.forget[k], index, global_batch, wrap)),
                               plan.forget[k].max_length, device)
-            retain = tokenize(run.tokenizer, ranks.shard(batch_texts(plan.retain[k], index, global_batch)),
+            retain = tokenize(run.tokenizer, ranks.shard(batch_texts(plan.retain[k], index, global_batch, wrap)),
                               plan.retain[k].max_length, device)
             record = rmu_step(run.span, run.updater, forget, retain, controls[k], plan.alpha[k],
-                              cfg.rmu.mask_padding, step, ranks, run.robust)
+                              cfg.rmu.mask_padding, step, ranks, run.robust, cfg.rmu.numerics == "reference")
             record["topic"] = plan.topics[k]
             rows.append(record)
             run.tracker.step(record)
@@ -288,9 +307,9 @@ def fit(run: Run, preemption: Preemption, before: tuple) -> list[dict]:
             done = step + 1
             pause_point(f"step-{done}")
             stop = ranks.any(preemption.requested)  # SIGTERM on any rank stops all of them
-            if done < t.max_steps and (stop or (t.save_every and done % t.save_every == 0)):
+            if done < plan.steps and (stop or (t.save_every and done % t.save_every == 0)):
                 ranks.on_main(lambda: resume.save(done, run.updated, run.updater, rows, run.robust, before))
-            if stop and done < t.max_steps:
+            if stop and done < plan.steps:
                 raise Preempted(stopped_message(run, f"after step {done}"))
     except TrainingError as e:  # say what the disk holds now, whatever the cause
         raise TrainingError(f"{e}{resume._kept() if resume.saved_step is not None else '; nothing was written'}") \
@@ -358,7 +377,7 @@ def write_run(run: Run, rows: list[dict], before: tuple, after: tuple, seconds: 
     def write() -> RunResults:
         (base, harness_base), (unlearned, harness_after) = before, after
         results = RunResults(
-            model=cfg.model.name, output_dir=str(cfg.output_dir), steps=cfg.trainer.max_steps, processes=ranks.size,
+            model=cfg.model.name, output_dir=str(cfg.output_dir), steps=plan.steps, processes=ranks.size,
             fsdp=ranks.fsdp, rank0_parameter_mib=round(local_parameter_mib(run.model), 3), topics=plan.topics,
             steering_coeff=run.coeffs, alpha=plan.alpha, layer_id=plan.layer_id, update_layers=plan.update_layers,
             updated_parameters=plan.update_names, seconds=seconds,
@@ -423,7 +442,7 @@ def train(cfg: DictConfig) -> RunResults | None:
         print(results.table())
     s = results.seconds
     print(f"rmu: wrote {cfg.output_dir} in {s['total']:.1f}s (load {s['load']:.1f}s, eval {s['eval_before']:.1f}s + "
-          f"{s['eval_after']:.1f}s, train {s['train']:.1f}s for {cfg.trainer.max_steps} steps, save {s['save']:.1f}s)")
+          f"{s['eval_after']:.1f}s, train {s['train']:.1f}s for {run.plan.steps} steps, save {s['save']:.1f}s)")
     if cfg.export.repo_id:  # a Hub folder next to the run folder, and the upload if asked
         hub = prepare(cfg.output_dir, cfg.export.repo_id, overwrite=cfg.overwrite)
         print(f"rmu: prepared the Hub folder {hub}")
@@ -441,7 +460,7 @@ def interrupted_after_training(run: Run, rows: list[dict], before: tuple):
         run.resume.clear()
         raise Preempted(f"stopped by SIGTERM after {out} was written; the run is complete")
     if run.ranks.main:
-        run.resume.save(run.cfg.trainer.max_steps, run.updated, run.updater, rows, run.robust, before)
+        run.resume.save(run.plan.steps, run.updated, run.updater, rows, run.robust, before)
     raise Preempted(stopped_message(run, "after training, before the output was written"))
 
 

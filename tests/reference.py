@@ -8,8 +8,8 @@ What makes it the reference, on purpose:
 - every activation read with a forward hook on layer ℓ while the model runs to full
   depth, final norm, LM head and logits included;
 - three such passes per step: forget (updated), retain (updated), retain (frozen);
-- the optimizer over the selected tensors only, transformers-style AdamW
-  (weight decay 0, eps 1e-6), no scheduler, no clipping.
+- the optimizer over the selected tensors only, AdamW (weight decay 0, eps 1e-6; with
+  `old_adamw` transformers 4.38's, eps before the bias correction), no scheduler, no clipping.
 
 `mask_padding=True` averages the two losses over real tokens only (the project's
 default); the public code averages over every position (`False`).
@@ -45,11 +45,13 @@ def layer_output(model, layer_id: int, batch: dict, stop: bool = True) -> torch.
 
 class ReferenceRMU:
     def __init__(self, model, frozen, layer_id: int, update_names: list[str], controls: torch.Tensor,
-                 alpha: list[float], lr: float, mask_padding: bool = False):
+                 alpha: list[float], lr: float, mask_padding: bool = False, old_adamw: bool = False):
         self.model, self.frozen = model, frozen.eval()
         self.layer_id, self.controls, self.alpha, self.mask_padding = layer_id, controls, alpha, mask_padding
-        params = dict(model.named_parameters())
-        self.optimizer = torch.optim.AdamW([params[n] for n in update_names], lr=lr, weight_decay=0.0, eps=1e-6)
+        params = [dict(model.named_parameters())[n] for n in update_names]
+        # old_adamw: transformers 4.38's AdamW, the reference code's (HandAdamW below)
+        self.optimizer = (HandAdamW(params, lr) if old_adamw else
+                          torch.optim.AdamW(params, lr=lr, weight_decay=0.0, eps=1e-6))
 
     def activations(self, model, inputs):
         cache = []
@@ -78,3 +80,90 @@ class ReferenceRMU:
         loss.backward()
         self.optimizer.step()
         return unlearn_loss.item(), retain_loss.item()
+
+
+class HandAdamW:
+    """transformers 4.38's AdamW, written out: eps is added to √v before the bias
+    correction. Weight decay 0, as the reference runs it."""
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-6):
+        self.params, self.lr, self.betas, self.eps, self.t = list(params), lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+
+    @torch.no_grad()
+    def step(self):
+        self.t += 1
+        b1, b2 = self.betas
+        scale = self.lr * (1 - b2 ** self.t) ** 0.5 / (1 - b1 ** self.t)
+        for p, m, v in zip(self.params, self.m, self.v):
+            m.copy_(b1 * m + (1 - b1) * p.grad)
+            v.copy_(b2 * v + (1 - b2) * p.grad * p.grad)
+            p.sub_(scale * m / (v.sqrt() + self.eps))
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+
+def wmdp_reference_run(model_dir, work_dir, retain_file, *, seed=42, max_num_batches=80, batch_size=4, layer_id=7,
+                       layer_ids=(5, 6, 7), param="mlp.down_proj.weight", coeffs=(20.0, 20.0),
+                       alpha=(100.0, 100.0), lr=5e-5, min_len=0):
+    """The WMDP reference code's semantics end to end, in plain code: seed, two full models
+    (frozen in eval mode), a use_fast=False tokenizer padding left with eos, the bio corpus's
+    `text` field and the cyber corpus's raw lines from <work_dir>/data/, texts kept when
+    len > min_len, batches cut in file order, control vectors from torch.rand after the
+    seed, min(max_num_batches, shortest corpus) steps, right truncation at 512 / 768 / 512,
+    unmasked MSEs, the old AdamW. Returns (steps run, {parameter name: final tensor})."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    frozen = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    frozen.eval()
+    model.train()
+    tok = AutoTokenizer.from_pretrained(model_dir, use_fast=False)
+    tok.pad_token_id = tok.eos_token_id
+    tok.padding_side = "left"
+
+    def batches(texts):
+        kept = [t for t in texts if len(t) > min_len]
+        return [kept[i:i + batch_size] for i in range(0, len(kept), batch_size)]
+
+    data = Path(work_dir) / "data"
+    bio = [json.loads(line)["text"] for line in open(data / "bio-forget-corpus.jsonl")]
+    cyber = list(open(data / "cyber-forget-corpus.jsonl"))
+    wiki = [json.loads(line)["text"] for line in open(retain_file)]
+    forget, retain = [batches(bio), batches(cyber)], [batches(wiki), batches(wiki)]
+    names = [f"model.layers.{i}.{param}" for i in layer_ids]
+    params = dict(model.named_parameters())
+    optimizer = HandAdamW([params[n] for n in names], lr)
+    controls = []
+    for c in coeffs:
+        r = torch.rand(1, 1, model.config.hidden_size, dtype=model.dtype, device=model.device)
+        controls.append(r / torch.norm(r) * c)
+    steps = min(max_num_batches, min(len(f) for f in forget), min(len(r) for r in retain))
+    tok.truncation_side = "right"
+
+    def hidden(m, inputs):
+        out = []
+        handle = m.model.layers[layer_id].register_forward_hook(lambda mod, a, o: out.append(o[0] if isinstance(o, tuple) else o))
+        m(**inputs)
+        handle.remove()
+        return out[0]
+
+    for idx in range(steps):
+        k, b = idx % len(forget), idx // len(forget)
+        f_in = tok(forget[k][b], return_tensors="pt", padding=True, truncation=True, max_length=512 if k == 0 else 768)
+        unlearn = F.mse_loss(hidden(model, f_in), controls[k])
+        r_in = tok(retain[k][b], return_tensors="pt", padding=True, truncation=True, max_length=512)
+        with torch.no_grad():
+            frozen_h = hidden(frozen, r_in)
+        retain_loss = F.mse_loss(hidden(model, r_in), frozen_h) * alpha[k]
+        optimizer.zero_grad()
+        (unlearn + retain_loss).backward()
+        optimizer.step()
+    return steps, {n: params[n].detach().clone() for n in names}

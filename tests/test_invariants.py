@@ -86,7 +86,7 @@ def reference_rmu(cfg, steps):
         controls.append((r / torch.norm(r) * c).view(-1))
     names = [f"model.layers.{i}.mlp.down_proj.weight" for i in cfg.rmu.update_layers]
     ref = ReferenceRMU(model, frozen, cfg.rmu.layer_id, names, torch.stack(controls), list(cfg.rmu.alpha),
-                       cfg.optim.lr)
+                       cfg.optim.lr, old_adamw=True)
     bs = cfg.trainer.batch_size
 
     def read(path):

@@ -32,7 +32,7 @@ def run_reference(cfg, plan):
     controls = random_directions(len(plan.topics), plan.hidden_size, cfg.seed) * torch.tensor(
         plan.steering_coeff).unsqueeze(1)
     ref = ReferenceRMU(model, frozen, plan.layer_id, plan.update_names, controls, plan.alpha, cfg.optim.lr,
-                       mask_padding=cfg.rmu.mask_padding)
+                       mask_padding=cfg.rmu.mask_padding, old_adamw=cfg.optim.name == "adamw_reference")
     losses = []
     for step in range(STEPS):
         k, index = step % len(plan.topics), step // len(plan.topics)
@@ -60,7 +60,7 @@ def test_optimised_step_matches_the_reference_loop(case, tmp_path):
                     f"trainer.max_steps={STEPS}", "trainer.batch_size=3", "trainer.progress=false",
                     f"rmu.layer_id={layer_id}", f"rmu.update_layers={update_layers}",
                     f"rmu.update_params=[{','.join(params)}]", f"rmu.mask_padding={mask}",
-                    f"data.padding_side={side}", "rmu.steering_coeff=[20,8]", "rmu.alpha=[100,30]", "optim.lr=1e-3",
+                    f"data.padding_side={side}", "rmu.numerics=float32", "rmu.steering_coeff=[20,8]", "rmu.alpha=[100,30]", "optim.lr=1e-3",
                     "data.forget.0.max_length=40", "data.forget.1.max_length=24", "data.retain.0.max_length=32",
                     f"output_dir={tmp_path / 'ours'}"])
     plan = plan_train(cfg)
