@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from rmu import data as data_mod
 from rmu import models
-from rmu.adapters import module_names_per_layer
+from rmu import architectures
 from rmu.checkpoint import check_output_dir, check_writable
 from rmu.checks import check_attack_values, check_train_values, command_line_keys, fail, plain
 from rmu.results import RunResults
@@ -31,6 +31,8 @@ class Plan:
     layer_id: int
     update_layers: list[int]
     update_names: list[str]  # full parameter names, e.g. model.layers.5.mlp.down_proj.weight
+    lora_targets: list[str] | None  # adapter=lora: peft target_modules, `auto` resolved (rmu/architectures.py)
+    layers_prefix: str  # where the decoder layers are, e.g. model.layers (GPT-2: transformer.h)
     steering_coeff: list[float] | None  # None: auto, measured on the first forget batch
     alpha: list[float]
     eval_sets: list[tuple[str, str, list[data_mod.MCQItem]]]  # (name, role, items)
@@ -96,9 +98,19 @@ def load_corpora(d) -> tuple[list[data_mod.Corpus], list[data_mod.Corpus]]:
     return forget, retain * len(forget) if len(retain) == 1 else retain
 
 
-def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int]) -> tuple[list[str], dict]:
+def layer_modules(names, prefix: str, layer: int) -> list[str]:
+    """Paths of the modules holding a weight in decoder layer `layer`, relative to it
+    (self_attn.q_proj, mlp.c_proj, …): what peft's target_modules are matched against."""
+    start = f"{prefix}.{layer}."
+    return sorted({n[len(start):].rsplit(".", 1)[0] for n in names if n.startswith(start) and n.endswith(".weight")})
+
+
+def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int]) \
+        -> tuple[list[str], dict, list[str] | None, str]:
     """(full names of the tensors a step updates (LoRA: the weights merging changes), checked
-    against the model's layout; {every parameter's name: its number of elements})."""
+    against the model's layout; {every parameter's name: its number of elements}; LoRA's
+    target modules; the decoder layers' prefix). `auto` entries are resolved by
+    architecture (rmu/architectures.py)."""
     n_layers = config.num_hidden_layers
     if layer_id >= n_layers:
         fail("rmu.layer_id", layer_id, f"must be in 0..{n_layers - 1} (the model has {n_layers} decoder layers)")
@@ -107,12 +119,20 @@ def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int
             fail(f"rmu.update_layers[{i}]", layer, f"must be a layer index in 0..{layer_id} (at or below rmu.layer_id: "
                                                   "later layers do not affect the hooked activations)")
     names, prefix = models.parameter_layout(config, cfg.model.trust_remote_code)
-    patterns = list(cfg.rmu.update_params)
+    in_layer = [n[len(f"{prefix}.0."):] for n in names if n.startswith(f"{prefix}.0.")]
+    try:
+        patterns = architectures.resolve(list(cfg.rmu.update_params), config.model_type, in_layer, lora=False)
+    except ValueError as e:
+        fail("rmu.update_params", plain(cfg.rmu.update_params), str(e))
+    targets = None
     if cfg.adapter is not None:
-        targets = list(cfg.adapter.target_modules)
+        try:
+            targets = architectures.resolve(list(cfg.adapter.target_modules), config.model_type, in_layer, lora=True)
+        except ValueError as e:
+            fail("adapter.target_modules", plain(cfg.adapter.target_modules), str(e))
         for layer in update_layers:
-            available = module_names_per_layer(names, prefix, layer)
-            missing = [t for t in targets if t not in available]
+            available = layer_modules(names, prefix, layer)
+            missing = [t for t in targets if not any(m == t or m.endswith("." + t) for m in available)]
             if missing:
                 fail("adapter.target_modules", targets, f"layer {layer} has no module {missing[0]!r}; its modules "
                                                         f"with weights are: {', '.join(available)}")
@@ -123,7 +143,7 @@ def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int
             available = sorted({x[len(f"{prefix}.{layer}."):] for x in names if x.startswith(f"{prefix}.{layer}.")})
             fail("rmu.update_params", patterns, f"matches no parameter of layer {layer}; its parameters are: "
                                                 f"{', '.join(available)}")
-    return chosen, names
+    return chosen, names, targets, prefix
 
 
 def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
@@ -141,7 +161,7 @@ def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
     if cfg.trainer.one_pass:  # the reference: one pass over the shortest corpus at most
         steps = min(steps, *(data_mod.n_batches(c, cfg.trainer.batch_size) for c in forget + retain))
     config = read_model_config(cfg.model, "model")
-    names, sizes = update_names(cfg, config, v["layer_id"], v["update_layers"])
+    names, sizes, targets, prefix = update_names(cfg, config, v["layer_id"], v["update_layers"])
     model_bytes, state_bytes = storage_bytes(cfg, sizes, names)
     # The output folder (and its Hub copy), and room for a resume state beside it: a
     # SIGTERM after the last step saves one.
@@ -153,7 +173,8 @@ def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
         fail("rmu.update_params", plain(cfg.rmu.update_params), f"robust.collapse_components projects weight matrices "
                                                                 f"of linear layers; {not_linear[0]} is not one")
     return Plan(topics=[c.name for c in forget], forget=forget, retain=retain, layer_id=v["layer_id"],
-                update_layers=v["update_layers"], update_names=names, steering_coeff=v["steering"], alpha=v["alpha"],
+                update_layers=v["update_layers"], update_names=names, lora_targets=targets, layers_prefix=prefix,
+                steering_coeff=v["steering"], alpha=v["alpha"],
                 eval_sets=eval_sets, hidden_size=config.hidden_size, steps=steps)
 
 

@@ -59,7 +59,7 @@ def test_trust_remote_code_is_off_in_every_model_config():
 
 def test_defaults_are_the_documented_ones():
     cfg = make_cfg([])
-    assert cfg.rmu.update_params == ["mlp.down_proj.weight"]
+    assert cfg.rmu.update_params == ["auto"] and cfg.adapter is None  # auto: rmu/architectures.py
     assert cfg.rmu.update_layers is None and cfg.rmu.mask_padding is True
     assert cfg.optim.weight_decay == 0.0 and cfg.optim.eps == 1e-6
     assert cfg.model.dtype == "float32" and cfg.overwrite is False

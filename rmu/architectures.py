@@ -1,0 +1,66 @@
+"""What differs between model families for RMU: which tensor is the MLP's output
+projection, the tensor RMU updates by default (and the module LoRA wraps).
+
+The rule, written once: RMU edits the last linear map of each updated layer's MLP, the
+one that writes into the residual stream (Llama's `mlp.down_proj`). `rmu.update_params:
+[auto]` and `adapter.target_modules: [auto]` read it from `MLP_OUTPUT` by the model's
+`config.model_type`; any other entry is taken as written.
+
+Mixture-of-experts models in transformers 5 hold their routed experts as one 3-D tensor
+per layer (`mlp.experts.down_proj`, experts × out × in): a full update trains every
+expert; LoRA cannot wrap such a tensor (no linear module), so `auto` under LoRA refuses
+them, naming what it can wrap instead (Qwen2-MoE's shared expert).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MlpOutput:
+    params: tuple[str, ...]  # parameter names relative to a decoder layer
+    lora: tuple[str, ...]  # peft target_modules (qualified where a bare name is ambiguous)
+    fused_experts: bool = False  # params include a 3-D tensor of routed experts
+
+
+_LLAMA = MlpOutput(("mlp.down_proj.weight",), ("mlp.down_proj",))
+_MOE = MlpOutput(("mlp.experts.down_proj",), (), fused_experts=True)
+MLP_OUTPUT: dict[str, MlpOutput] = {
+    **dict.fromkeys(["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo",
+                     "olmo2", "granite", "cohere", "stablelm", "smollm3", "mistral3", "ministral"], _LLAMA),
+    **dict.fromkeys(["gpt2", "starcoder2"], MlpOutput(("mlp.c_proj.weight",), ("mlp.c_proj",))),  # attn.c_proj too
+    **dict.fromkeys(["gpt_neox", "falcon", "bloom"], MlpOutput(("mlp.dense_4h_to_h.weight",), ("mlp.dense_4h_to_h",))),
+    "gptj": MlpOutput(("mlp.fc_out.weight",), ("mlp.fc_out",)),
+    "phi": MlpOutput(("mlp.fc2.weight",), ("mlp.fc2",)),
+    "opt": MlpOutput(("fc2.weight",), ("fc2",)),
+    "mixtral": _MOE,
+    "qwen3_moe": _MOE,
+    "qwen2_moe": MlpOutput(("mlp.experts.down_proj", "mlp.shared_expert.down_proj.weight"),
+                           ("mlp.shared_expert.down_proj",), fused_experts=True),
+}
+# Name fragments of an MLP output projection, for the hint on an unknown architecture.
+_HINTS = ("down_proj", "c_proj", "4h_to_h", "fc_out", "fc2", "w2", "wo")
+
+
+def mlp_output(model_type: str, layer_params: list[str]) -> MlpOutput:
+    """The table's entry, or a ValueError naming likely candidates among `layer_params`
+    (names relative to one decoder layer)."""
+    if model_type in MLP_OUTPUT:
+        return MLP_OUTPUT[model_type]
+    candidates = [n for n in layer_params if any(h in n for h in _HINTS)]
+    raise ValueError(f"rmu has no default for model_type {model_type!r}: name the MLP output projection "
+                     f"(likely one of {candidates or layer_params})")
+
+
+def resolve(patterns: list[str], model_type: str, layer_params: list[str], lora: bool) -> list[str]:
+    """`patterns` with each `auto` replaced by the architecture's MLP output projection
+    (parameter names, or with `lora` module names)."""
+    if "auto" not in patterns:
+        return list(patterns)
+    out = mlp_output(model_type, layer_params)
+    if lora and not out.lora:
+        raise ValueError(f"LoRA cannot wrap {model_type}'s routed experts ({', '.join(out.params)} is one 3-D "
+                         f"tensor, not a linear module): use full updates (adapter=none), which train every expert")
+    auto = list(out.lora if lora else out.params)
+    return [q for p in patterns for q in (auto if p == "auto" else [p])]

@@ -1,0 +1,111 @@
+"""Every common architecture, as a 4-layer random model of width 64 with the bundled
+tokenizer: the default update (`auto`) finds its MLP output projection, the span equals
+the full forward, two steps change exactly the selected tensors, the step-0 retain loss
+is exactly 0 (no dropout), the checkpoint reloads, and LoRA runs or is refused before
+loading. `pytest -k arch` selects them."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rmu.errors import ConfigError
+from rmu.plan import plan_train
+from rmu.resume import Preemption
+from rmu.train import fit, setup, write_run
+from tests.reference import layer_output
+
+LLAMA_LIKE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2)
+MOE = dict(LLAMA_LIKE, num_local_experts=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+           shared_expert_intermediate_size=32)
+ARCHS = {  # model_type: config fields; expected update (relative to the layer)
+    "llama": (LLAMA_LIKE, ["mlp.down_proj.weight"]),
+    "mistral": (LLAMA_LIKE, ["mlp.down_proj.weight"]),
+    "qwen2": (LLAMA_LIKE, ["mlp.down_proj.weight"]),
+    "qwen3": (dict(LLAMA_LIKE, head_dim=16), ["mlp.down_proj.weight"]),
+    "gemma2": (dict(LLAMA_LIKE, head_dim=16), ["mlp.down_proj.weight"]),
+    "phi3": (LLAMA_LIKE, ["mlp.down_proj.weight"]),
+    "olmo2": (LLAMA_LIKE, ["mlp.down_proj.weight"]),
+    "starcoder2": (LLAMA_LIKE, ["mlp.c_proj.weight"]),
+    "gpt2": (dict(n_embd=64, n_layer=4, n_head=4), ["mlp.c_proj.weight"]),
+    "gpt_neox": (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4),
+                 ["mlp.dense_4h_to_h.weight"]),
+    "falcon": (dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4), ["mlp.dense_4h_to_h.weight"]),
+    "gptj": (dict(n_embd=64, n_layer=4, n_head=4, rotary_dim=8), ["mlp.fc_out.weight"]),
+    "phi": (dict(LLAMA_LIKE, num_key_value_heads=4), ["mlp.fc2.weight"]),
+    "opt": (dict(hidden_size=64, ffn_dim=128, num_hidden_layers=4, num_attention_heads=4, word_embed_proj_dim=64),
+            ["fc2.weight"]),
+    "mixtral": (MOE, ["mlp.experts.down_proj"]),
+    "qwen3_moe": (MOE, ["mlp.experts.down_proj"]),
+    "qwen2_moe": (MOE, ["mlp.experts.down_proj", "mlp.shared_expert.down_proj.weight"]),
+}
+
+
+def arch_cfg(tiny_cfg, model_type: str, *extra: str):
+    cfg = tiny_cfg("trainer.max_steps=2", "rmu.steering_coeff=auto", *extra)
+    cfg.model.arch = {"model_type": model_type, **ARCHS[model_type][0]}
+    return cfg
+
+
+def run_steps(run) -> list[dict]:
+    preemption = Preemption()
+    try:
+        return fit(run, preemption, ({}, None))
+    finally:
+        preemption.restore()
+
+
+@pytest.mark.parametrize("model_type", list(ARCHS))
+def test_arch_default_update_trains_exactly_the_mlp_output_projection(tiny_cfg, model_type):
+    cfg = arch_cfg(tiny_cfg, model_type)
+    plan = plan_train(cfg)
+    prefix = plan.layers_prefix
+    assert plan.update_names == [f"{prefix}.{i}.{p}" for i in (0, 1, 2) for p in ARCHS[model_type][1]]
+    run = setup(cfg)
+    try:
+        batch = {k: v for k, v in run.tokenizer(["The cell divides.", "Stars burn hydrogen into helium."],
+                                                return_tensors="pt", padding=True).items()
+                 if k in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            assert torch.equal(run.span.run(run.span.prefix(batch)), layer_output(run.model, plan.layer_id, batch))
+        before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+        rows = run_steps(run)
+        changed = {n for n, p in run.model.named_parameters() if not torch.equal(p, before[n])}
+        assert changed == set(plan.update_names)
+        assert rows[0]["retain_loss"] == 0.0  # no dropout: the updated and frozen passes agree exactly at step 0
+        write_run(run, rows, ({}, None), ({}, None), {"train": 0.0}, time.perf_counter())
+    finally:
+        run.lock.release()
+    reloaded = AutoModelForCausalLM.from_pretrained(cfg.output_dir)
+    with torch.no_grad():
+        assert torch.allclose(layer_output(reloaded, plan.layer_id, batch),
+                              layer_output(run.model, plan.layer_id, batch), atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", list(ARCHS))
+def test_arch_lora_trains_or_is_refused_before_loading(tiny_cfg, model_type):
+    cfg = arch_cfg(tiny_cfg, model_type, "adapter=lora")
+    if model_type in ("mixtral", "qwen3_moe"):
+        with pytest.raises(ConfigError, match="LoRA cannot wrap .* routed experts"):
+            plan_train(cfg)
+        return
+    plan = plan_train(cfg)
+    run = setup(cfg)
+    try:
+        rows = run_steps(run)
+    finally:
+        run.lock.release()
+    assert run.updated and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    wrapped = {n.rsplit(".lora_", 1)[0] for n, _ in run.model.named_parameters() if ".lora_" in n}
+    assert wrapped == {f"{plan.layers_prefix}.{i}.{t}" for i in (0, 1, 2) for t in plan.lora_targets}
+
+
+def test_arch_unknown_type_suggests_its_mlp_output(tiny_cfg):
+    cfg = arch_cfg(tiny_cfg, "llama")
+    cfg.model.arch = {"model_type": "mpt", "d_model": 64, "n_layers": 4, "n_heads": 4, "expansion_ratio": 2}
+    with pytest.raises(ConfigError, match=r"no default for model_type 'mpt'.*ffn.down_proj.weight"):
+        plan_train(cfg)
