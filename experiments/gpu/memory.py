@@ -1,0 +1,159 @@
+"""How much accelerator memory an RMU run needs, by estimate, and the estimate checked
+against what a run on the CPU really holds.
+
+    python experiments/gpu/memory.py             # the recipes' table (docs/gpu.md)
+    python experiments/gpu/memory.py --check     # estimate vs measured, tiny and bundled models
+
+What a run holds (rmu keeps no second model: the frozen values are copies of the updated
+tensors only, and nothing after layer ℓ runs):
+- weights: every parameter in the model dtype;
+- frozen copies and gradients of the updated tensors (gradients also in float32 with
+  master weights), AdamW's two moments and the float32 masters (optim.master_weights);
+  without masters the moments are in the model dtype;
+- activations kept for backward: the forget and the retain pass through the span
+  (first updated layer .. ℓ) are alive together until the backward. Per token and layer
+  a Llama-style block keeps about 4·D + q + 2·kv + 3·I values (the two norms' inputs and
+  outputs, q and k after rotary, v, the MLP's gate, up and the input to down_proj); a
+  mixture of experts keeps 3·I per expert a token visits. `--check` compares this with
+  the bytes autograd really saves (saved-tensor hooks) on the tiny and bundled models.
+The CUDA context and allocator slack (~1 GiB) come on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+GIB = 2 ** 30
+WIDTH = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def per_token_layer(config) -> int:
+    """Activation values one token keeps per span layer for the backward."""
+    d = config.hidden_size
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    kv = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
+    inter = getattr(config, "moe_intermediate_size", None) or getattr(config, "intermediate_size", None) or 4 * d
+    experts = getattr(config, "num_experts_per_tok", 1) if hasattr(config, "num_experts_per_tok") else 1
+    shared = getattr(config, "shared_expert_intermediate_size", 0) or 0
+    return 4 * d + heads * head_dim + 2 * kv + 3 * (inter * experts + shared)
+
+
+def estimate(config, n_params: int, n_updated: int, *, dtype: str, span_layers: int, batch: int,
+             forget_length: int, retain_length: int, master_weights: bool = True) -> dict:
+    """Bytes by part; `total` is their sum."""
+    w = WIDTH[dtype]
+    masters = master_weights and w == 2
+    parts = {
+        "weights": n_params * w,
+        "frozen copies": n_updated * w,
+        "gradients": n_updated * (w + (4 if masters else 0)),
+        "optimizer": n_updated * (12 if masters else 2 * w),
+        "activations": per_token_layer(config) * span_layers * batch * (forget_length + retain_length) * w,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def measured_activations(cfg_overrides: list[str]) -> tuple[int, int, object, object]:
+    """(bytes the forget and retain passes keep for backward, measured with saved-tensor
+    hooks on a real step's batches; the matching estimate; plan; config)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from rmu import models
+    from rmu.data import batch_texts, tokenize
+    from rmu.plan import plan_train
+    from rmu.train import setup
+    from tests.conftest import make_cfg
+
+    cfg = make_cfg(cfg_overrides)
+    plan = plan_train(cfg)
+    run = setup(cfg)
+    try:
+        bs = cfg.trainer.batch_size
+        forget = tokenize(run.tokenizer, batch_texts(plan.forget[0], 0, bs), plan.forget[0].max_length, "cpu")
+        retain = tokenize(run.tokenizer, batch_texts(plan.retain[0], 0, bs), plan.retain[0].max_length, "cpu")
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        params = {p.untyped_storage().data_ptr() for p in run.model.parameters()}
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            h_f = run.span.run(run.span.prefix(forget))
+            h_r = run.span.run(run.span.prefix(retain))
+        measured = sum(n for ptr, n in seen.items() if ptr not in params)
+        del h_f, h_r
+        config = models.read_config(cfg.model)
+        span = plan.layer_id - min(plan.update_layers) + 1
+        est = per_token_layer(config) * span * bs * (forget["input_ids"].shape[1] + retain["input_ids"].shape[1]) \
+            * WIDTH[cfg.model.dtype]
+        return measured, est, plan, config
+    finally:
+        run.lock.release()
+
+
+RECIPES = {  # experiment: (architecture, dtype, batch, forget length, retain length, master weights)
+    "zephyr_rmu": ("mistral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                   num_attention_heads=32, num_key_value_heads=8, vocab_size=32000), 4, 768, 512),
+    "mixtral_rmu": ("mixtral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                    num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
+                                    num_local_experts=8, num_experts_per_tok=2), 2, 768, 512),
+    "llama3_8b_rmu": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                    num_attention_heads=32, num_key_value_heads=8, vocab_size=128256), 4, 768, 512),
+    "mistral_7b_rmu": ("mistral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                       num_attention_heads=32, num_key_value_heads=8, vocab_size=32768), 4, 768, 512),
+    "qwen25_7b_rmu": ("qwen2", dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                    num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+                                    tie_word_embeddings=False), 4, 768, 512),
+    "gemma2_9b_rmu": ("gemma2", dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
+                                     num_attention_heads=16, num_key_value_heads=8, head_dim=256,
+                                     vocab_size=256000), 4, 768, 512),
+}
+
+
+def recipe_table() -> str:
+    """One row per GPU recipe: its parts in GiB, from the architecture on the meta device."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    sys.path.insert(0, str(ROOT))
+    from rmu.architectures import MLP_OUTPUT
+
+    lines = ["| recipe | parameters | weights | updated tensors + AdamW | activations | total |", "|---|---|---|---|---|---|"]
+    for name, (kind, fields, batch, f_len, r_len) in RECIPES.items():
+        config = AutoConfig.for_model(kind, **fields)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        sizes = {n: p.numel() for n, p in model.named_parameters()}
+        prefix = "model.layers"
+        updated = sum(sizes[f"{prefix}.{i}.{p}"] for i in (5, 6, 7) for p in MLP_OUTPUT[kind].params)
+        e = estimate(config, sum(sizes.values()), updated, dtype="bfloat16", span_layers=3, batch=batch,
+                     forget_length=f_len, retain_length=r_len)
+        state = e["frozen copies"] + e["gradients"] + e["optimizer"]
+        lines.append(f"| {name} | {sum(sizes.values()) / 1e9:.2f} B | {e['weights'] / GIB:.1f} GiB | "
+                     f"{state / GIB:.1f} GiB | {e['activations'] / GIB:.1f} GiB | {e['total'] / GIB:.1f} GiB |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="estimate vs measured activations on the tiny and bundled models")
+    args = p.parse_args()
+    if not args.check:
+        print(recipe_table())
+        return
+    for label, overrides in (("tiny", ["debug=tiny", "eval=none", "data.forget.0.max_length=64"]),
+                             ("bundled", ["eval=none", "trainer.batch_size=4"])):
+        measured, est, _, _ = measured_activations(overrides + ["output_dir=/tmp/rmu-memory-check"])
+        print(f"{label}: activations measured {measured / 2**20:.1f} MiB, estimated {est / 2**20:.1f} MiB, "
+              f"ratio {est / measured:.2f}")
+
+
+if __name__ == "__main__":
+    main()
