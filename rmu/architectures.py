@@ -43,6 +43,41 @@ MLP_OUTPUT: dict[str, MlpOutput] = {
 _HINTS = ("down_proj", "c_proj", "4h_to_h", "fc_out", "fc2", "w2", "wo")
 
 
+def fused_experts(name: str) -> bool:
+    """Whether a parameter name is a fused tensor of routed experts (experts × out × in)."""
+    return ".experts." in name and not name.endswith((".weight", ".bias"))
+
+
+def keep_experts(param, experts: list[int]) -> None:
+    """Let only `experts` of a fused expert tensor change: their gradient rows pass, the
+    others' are zero (with weight decay 0, AdamW then leaves those entries exactly)."""
+    import torch
+
+    mask = torch.zeros(param.shape[0], *([1] * (param.dim() - 1)), dtype=param.dtype, device=param.device)
+    mask[experts] = 1
+    param.register_hook(lambda grad: grad * mask)
+
+
+def checkpoint_names(model, names: list[str], experts: list[int] | None) -> list[str]:
+    """The names the updated tensors get in the written checkpoint: transformers 5 splits
+    fused experts into one tensor per expert on saving (Mixtral: block_sparse_moe.experts.
+    <i>.w2.weight); with `experts` only those experts' tensors."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # an older transformers saves the names it loads
+        return list(names)
+    params = dict(model.named_parameters())
+    out = sorted(revert_weight_conversion(model, {n: params[n].detach() for n in names}))
+    if experts is None:
+        return out
+    import re
+
+    def index(n):
+        m = re.search(r"\.experts\.(\d+)\.", n)
+        return int(m.group(1)) if m else None
+    return [n for n in out if index(n) is None or index(n) in experts]
+
+
 def mlp_output(model_type: str, layer_params: list[str]) -> MlpOutput:
     """The table's entry, or a ValueError naming likely candidates among `layer_params`
     (names relative to one decoder layer)."""

@@ -297,6 +297,12 @@ def check_train_values(cfg: DictConfig, user_keys: set[str] = frozenset()) -> di
         fail("optim.name", o.name, "allowed: adamw, adamw_reference")
     if cfg.rmu.numerics not in ("float32", "reference"):
         fail("rmu.numerics", cfg.rmu.numerics, "allowed: float32, reference")
+    experts = plain(cfg.rmu.experts)
+    if experts is not None:
+        if not experts or not all(isinstance(e, int) and e >= 0 for e in experts) or len(set(experts)) != len(experts):
+            fail("rmu.experts", experts, "must be null (all experts) or a list of distinct expert indices")
+        if o.weight_decay:
+            fail("rmu.experts", experts, "needs optim.weight_decay=0: decay would move the experts left out")
     if cfg.rmu.numerics == "reference" and cfg.rmu.mask_padding:
         fail("rmu.numerics", "reference", "computes the reference's unmasked means; it needs rmu.mask_padding=false")
     if not (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas)):

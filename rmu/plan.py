@@ -146,6 +146,18 @@ def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int
     return chosen, names, targets, prefix
 
 
+def check_experts(cfg: DictConfig, config, names: list[str]) -> None:
+    """rmu.experts: the updated tensors include fused routed experts, and the indices exist."""
+    experts = plain(cfg.rmu.experts)
+    if experts is None:
+        return
+    if not any(architectures.fused_experts(n) for n in names):
+        fail("rmu.experts", experts, f"the updated tensors hold no routed experts ({names[0]}, …)")
+    n = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
+    if max(experts) >= n:
+        fail("rmu.experts", experts, f"must be expert indices in 0..{n - 1} (the model has {n} routed experts)")
+
+
 def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
     """Everything that can be checked without loading weights, in the order a user would
     want to hear about it: keys and values, the output folder, the data, the model layout."""
@@ -168,6 +180,7 @@ def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
     check_writable(cfg.output_dir, model_bytes * (2 if cfg.export.repo_id else 1) + state_bytes,
                    what=f"the checkpoint ({sum(sizes.values()) / 1e6:.1f} M parameters in {cfg.model.dtype}) "
                         "with a resume state")
+    check_experts(cfg, config, names)
     not_linear = [n for n in names if not n.endswith(".weight") or "norm" in n.rsplit(".", 2)[-2]]
     if cfg.robust.collapse_components and not_linear:
         fail("rmu.update_params", plain(cfg.rmu.update_params), f"robust.collapse_components projects weight matrices "

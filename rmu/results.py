@@ -30,7 +30,8 @@ class RunResults:
     alpha: list[float]
     layer_id: int
     update_layers: list[int]
-    updated_parameters: list[str]  # full names; with LoRA the weights the merge changes
+    updated_parameters: list[str]  # full names in the model; with LoRA the weights the merge changes
+    checkpoint_parameters: list[str] | None = None  # the same tensors' names in model.safetensors (MoE: per expert)
     processes: int = 1  # (runs written before multi-process support lack the next three)
     fsdp: bool = False
     rank0_parameter_mib: float | None = None  # parameter memory on rank 0 (its shards only, under FSDP)

@@ -67,6 +67,7 @@ class RmuConfig:
     alpha: Any = MISSING  # number | one number per topic
     mask_padding: bool = MISSING
     numerics: str = MISSING
+    experts: Optional[List[int]] = MISSING
 
 
 @dataclass

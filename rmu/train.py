@@ -29,8 +29,9 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from rmu.adapters import add_lora
+from rmu.architectures import checkpoint_names, fused_experts, keep_experts
 from rmu.checkpoint import clean_leftovers, published_by_me, save_run, staged_output
-from rmu.checks import check_fsdp, check_robust_processes, command_line_keys, robust_on
+from rmu.checks import check_fsdp, check_robust_processes, command_line_keys, plain, robust_on
 from rmu.cli import run_command
 from rmu.data import batch_texts, tokenize
 from rmu.distributed import Ranks
@@ -223,6 +224,10 @@ def build(cfg: DictConfig, plan: Plan, ranks: Ranks, lock: OutputLock, resume: R
         # Only the selected tensors require gradients: backward then computes nothing else.
         params = dict(model.named_parameters())
         updated = [params[name].requires_grad_(True) for name in plan.update_names]
+        if cfg.rmu.experts is not None:  # a mixture of experts: only the chosen routed experts change
+            for name in plan.update_names:
+                if fused_experts(name):
+                    keep_experts(params[name], list(cfg.rmu.experts))
         # The frozen model: the original values of just those tensors, kept by the span.
         span = LayerSpan(model, plan.layer_id, plan.update_names)
     else:
@@ -382,6 +387,8 @@ def write_run(run: Run, rows: list[dict], before: tuple, after: tuple, seconds: 
             fsdp=ranks.fsdp, rank0_parameter_mib=round(local_parameter_mib(run.model), 3), topics=plan.topics,
             steering_coeff=run.coeffs, alpha=plan.alpha, layer_id=plan.layer_id, update_layers=plan.update_layers,
             updated_parameters=plan.update_names, seconds=seconds,
+            checkpoint_parameters=(checkpoint_names(run.model, plan.update_names, plain(cfg.rmu.experts))
+                                   if run.peft_model is None else None),
             eval={name: {"role": role, "base": base[name], "unlearned": unlearned[name]}
                   for name, role, _ in plan.eval_sets})
         if harness_base is not None:

@@ -109,3 +109,33 @@ def test_arch_unknown_type_suggests_its_mlp_output(tiny_cfg):
     cfg.model.arch = {"model_type": "mpt", "d_model": 64, "n_layers": 4, "n_heads": 4, "expansion_ratio": 2}
     with pytest.raises(ConfigError, match=r"no default for model_type 'mpt'.*ffn.down_proj.weight"):
         plan_train(cfg)
+
+
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe"])
+def test_arch_moe_updates_only_the_chosen_experts_and_names_them_as_the_checkpoint_does(tiny_cfg, model_type):
+    from safetensors import safe_open
+
+    from rmu.results import RunResults
+    cfg = arch_cfg(tiny_cfg, model_type, "rmu.experts=[1,3]")
+    plan = plan_train(cfg)
+    run = setup(cfg)
+    try:
+        before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+        rows = run_steps(run)
+        write_run(run, rows, ({}, None), ({}, None), {"train": 0.0}, time.perf_counter())
+    finally:
+        run.lock.release()
+    params = dict(run.model.named_parameters())
+    for name in plan.update_names:
+        if name.endswith("experts.down_proj"):
+            moved = [not torch.equal(params[name][e], before[name][e]) for e in range(params[name].shape[0])]
+            assert moved == [False, True, False, True], (name, moved)
+    saved = RunResults.read(cfg.output_dir).checkpoint_parameters
+    with safe_open(f"{cfg.output_dir}/model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert set(saved) <= keys and all(".experts.1." in n or ".experts.3." in n or "shared" in n for n in saved)
+    assert len([n for n in saved if ".experts." in n]) == 2 * 3  # two experts in each of three layers
+    with pytest.raises(ConfigError, match="rmu.experts=\\[9\\]: must be expert indices in 0..3"):
+        plan_train(arch_cfg(tiny_cfg, model_type, "rmu.experts=[9]", "overwrite=true"))
+    with pytest.raises(ConfigError, match="rmu.experts=\\[1\\]: the updated tensors hold no routed experts"):
+        plan_train(arch_cfg(tiny_cfg, "llama", "rmu.experts=[1]", "overwrite=true"))
