@@ -86,6 +86,7 @@ def test_arch_default_update_trains_exactly_the_mlp_output_projection(tiny_cfg, 
                               layer_output(run.model, plan.layer_id, batch), atol=1e-5)
 
 
+@pytest.mark.slow  # make test runs it; make test-fast keeps the full-update case of every architecture
 @pytest.mark.parametrize("model_type", list(ARCHS))
 def test_arch_lora_trains_or_is_refused_before_loading(tiny_cfg, model_type):
     cfg = arch_cfg(tiny_cfg, model_type, "adapter=lora")
@@ -111,6 +112,7 @@ def test_arch_unknown_type_suggests_its_mlp_output(tiny_cfg):
         plan_train(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe"])
 def test_arch_moe_updates_only_the_chosen_experts_and_names_them_as_the_checkpoint_does(tiny_cfg, model_type):
     from safetensors import safe_open

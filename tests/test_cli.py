@@ -37,6 +37,7 @@ def test_train_writes_a_complete_hugging_face_folder(tmp_path):
     assert "layer_id: 2" in (out / "rmu_config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_eval_cli_scores_a_trained_checkpoint(tmp_path):
     out = tmp_path / "run"
     assert run_cli("rmu.train", *TINY, f"output_dir={out}").returncode == 0
@@ -49,6 +50,7 @@ def test_eval_cli_scores_a_trained_checkpoint(tmp_path):
     assert "acc_norm" in proc.stdout
 
 
+@pytest.mark.slow
 def test_existing_output_is_never_overwritten_unless_asked(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

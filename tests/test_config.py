@@ -30,7 +30,7 @@ def test_every_group_option_composes_and_passes_value_checks(group, option):
 def test_every_experiment_composes_and_validates(experiment, tmp_path):
     check_train_values(make_cfg([f"experiment={experiment}"]))
     # Full validation (data files, model layout) with the model and data that exist offline.
-    cfg = make_cfg([f"experiment={experiment}", *TINY, "data=bundled", "rmu.update_layers=null",
+    cfg = make_cfg([f"experiment={experiment}", *TINY, "data=bundled", "data.min_chars=0", "rmu.update_layers=null",
                     f"output_dir={tmp_path / 'o'}"])
     plan = plan_train(cfg)
     assert plan.topics == ["chem", "astro"]

@@ -65,6 +65,7 @@ def test_compare_two_recipes_resumes_after_a_kill(tmp_path):
     assert (out / "robust.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_tune_picks_the_last_setting_that_unlearns_before_general_falls_below_the_floor(tmp_path):
     """experiments/robust/tune.py on the tiny model: three settings, one seed; the pick in
     tuning.md is recomputed here from each run's results.json."""

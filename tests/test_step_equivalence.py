@@ -120,6 +120,7 @@ def test_frozen_values_are_copies_of_just_the_updated_tensors():
         LayerSpan(model, 1, names)
 
 
+@pytest.mark.slow
 def test_bench_runs_both_variants_and_reports_agreement():
     """`make bench` on the tiny model with small shapes: the report's format and the loss
     agreement (timings are printed, never asserted)."""
