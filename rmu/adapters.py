@@ -13,19 +13,24 @@ import warnings
 from torch import nn
 
 
-def add_lora(model: nn.Module, acfg, update_layers: list[int], targets: list[str], layers_prefix: str):
+def add_lora(model: nn.Module, acfg, update_layers: list[int], targets: list[str], layers_prefix: str,
+             fused: list[str] | None = None):
     """Wrap `model` with LoRA adapters on the `targets` modules (adapter.target_modules,
     `auto` resolved) of `update_layers`; `layers_prefix` is where the decoder layers are
     (model.layers, GPT-2's transformer.h), whose last part peft needs as layers_pattern.
+    `fused`: fused expert tensors (relative to a layer) adapted through peft's
+    target_parameters, named in full per layer (peft applies no layer filter to those).
 
     Returns (peft model, the wrapped transformers model inside it, names of the adapter
     tensors in that inner model). Only the adapter tensors require grad.
     """
     from peft import LoraConfig
 
+    parameters = [f"{layers_prefix}.{i}.{p}" for i in update_layers for p in fused or []]
     config = LoraConfig(r=acfg.r, lora_alpha=acfg.alpha, lora_dropout=acfg.dropout, target_modules=targets,
-                        layers_to_transform=list(update_layers), layers_pattern=layers_prefix.rsplit(".", 1)[-1],
-                        bias="none")
+                        layers_to_transform=list(update_layers) if targets else None,
+                        layers_pattern=layers_prefix.rsplit(".", 1)[-1] if targets else None,
+                        target_parameters=parameters or None, bias="none")
     peft_model = wrap(model, config)
     inner = peft_model.base_model.model  # the original transformers model, LoRA layers swapped in
     names = [n for n, p in inner.named_parameters() if p.requires_grad]

@@ -8,8 +8,8 @@ one that writes into the residual stream (Llama's `mlp.down_proj`). `rmu.update_
 
 Mixture-of-experts models in transformers 5 hold their routed experts as one 3-D tensor
 per layer (`mlp.experts.down_proj`, experts × out × in): a full update trains every
-expert; LoRA cannot wrap such a tensor (no linear module), so `auto` under LoRA refuses
-them, naming what it can wrap instead (Qwen2-MoE's shared expert).
+expert (or those in `rmu.experts`); LoRA puts one adapter per expert on that tensor
+through peft's `target_parameters` (there is no linear module to wrap).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ class MlpOutput:
     params: tuple[str, ...]  # parameter names relative to a decoder layer
     lora: tuple[str, ...]  # peft target_modules (qualified where a bare name is ambiguous)
     fused_experts: bool = False  # params include a 3-D tensor of routed experts
+    lora_params: tuple[str, ...] = ()  # fused expert tensors LoRA adapts (peft target_parameters)
 
 
 _LLAMA = MlpOutput(("mlp.down_proj.weight",), ("mlp.down_proj",))
-_MOE = MlpOutput(("mlp.experts.down_proj",), (), fused_experts=True)
+_MOE = MlpOutput(("mlp.experts.down_proj",), (), fused_experts=True, lora_params=("mlp.experts.down_proj",))
 MLP_OUTPUT: dict[str, MlpOutput] = {
     **dict.fromkeys(["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo",
                      "olmo2", "granite", "cohere", "stablelm", "smollm3", "mistral3", "ministral"], _LLAMA),
@@ -37,7 +38,8 @@ MLP_OUTPUT: dict[str, MlpOutput] = {
     "mixtral": _MOE,
     "qwen3_moe": _MOE,
     "qwen2_moe": MlpOutput(("mlp.experts.down_proj", "mlp.shared_expert.down_proj.weight"),
-                           ("mlp.shared_expert.down_proj",), fused_experts=True),
+                           ("mlp.shared_expert.down_proj",), fused_experts=True,
+                           lora_params=("mlp.experts.down_proj",)),
 }
 # Name fragments of an MLP output projection, for the hint on an unknown architecture.
 _HINTS = ("down_proj", "c_proj", "4h_to_h", "fc_out", "fc2", "w2", "wo")
@@ -94,8 +96,14 @@ def resolve(patterns: list[str], model_type: str, layer_params: list[str], lora:
     if "auto" not in patterns:
         return list(patterns)
     out = mlp_output(model_type, layer_params)
-    if lora and not out.lora:
-        raise ValueError(f"LoRA cannot wrap {model_type}'s routed experts ({', '.join(out.params)} is one 3-D "
-                         f"tensor, not a linear module): use full updates (adapter=none), which train every expert")
     auto = list(out.lora if lora else out.params)
     return [q for p in patterns for q in (auto if p == "auto" else [p])]
+
+
+def lora_parameters(patterns: list[str], model_type: str, layer_params: list[str]) -> list[str]:
+    """The fused expert tensors (relative to a layer) LoRA adapts when `auto` is among
+    adapter.target_modules; named fused tensors are taken as they are."""
+    named = [p for p in patterns if p in layer_params and fused_experts(p)]
+    if "auto" not in patterns:
+        return named
+    return list(mlp_output(model_type, layer_params).lora_params) + named

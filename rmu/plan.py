@@ -32,6 +32,7 @@ class Plan:
     update_layers: list[int]
     update_names: list[str]  # full parameter names, e.g. model.layers.5.mlp.down_proj.weight
     lora_targets: list[str] | None  # adapter=lora: peft target_modules, `auto` resolved (rmu/architectures.py)
+    lora_parameters: list[str] | None  # adapter=lora: fused expert tensors (relative to a layer), peft target_parameters
     layers_prefix: str  # where the decoder layers are, e.g. model.layers (GPT-2: transformer.h)
     steering_coeff: list[float] | None  # None: auto, measured on the first forget batch
     alpha: list[float]
@@ -106,7 +107,7 @@ def layer_modules(names, prefix: str, layer: int) -> list[str]:
 
 
 def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int]) \
-        -> tuple[list[str], dict, list[str] | None, str]:
+        -> tuple[list[str], dict, list[str] | None, list[str] | None, str]:
     """(full names of the tensors a step updates (LoRA: the weights merging changes), checked
     against the model's layout; {every parameter's name: its number of elements}; LoRA's
     target modules; the decoder layers' prefix). `auto` entries are resolved by
@@ -124,10 +125,13 @@ def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int
         patterns = architectures.resolve(list(cfg.rmu.update_params), config.model_type, in_layer, lora=False)
     except ValueError as e:
         fail("rmu.update_params", plain(cfg.rmu.update_params), str(e))
-    targets = None
+    targets = fused = None
     if cfg.adapter is not None:
+        asked = list(cfg.adapter.target_modules)
         try:
-            targets = architectures.resolve(list(cfg.adapter.target_modules), config.model_type, in_layer, lora=True)
+            fused = architectures.lora_parameters(asked, config.model_type, in_layer)
+            targets = [t for t in architectures.resolve(asked, config.model_type, in_layer, lora=True)
+                       if t not in fused]
         except ValueError as e:
             fail("adapter.target_modules", plain(cfg.adapter.target_modules), str(e))
         for layer in update_layers:
@@ -136,14 +140,14 @@ def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int
             if missing:
                 fail("adapter.target_modules", targets, f"layer {layer} has no module {missing[0]!r}; its modules "
                                                         f"with weights are: {', '.join(available)}")
-        patterns = [rf"re:(.*\.)?{re.escape(t)}\.weight" for t in targets]
+        patterns = [rf"re:(.*\.)?{re.escape(t)}\.weight" for t in targets] + fused
     chosen = models.select_parameter_names(names, prefix, update_layers, patterns)
     for layer in update_layers:
         if not any(x.startswith(f"{prefix}.{layer}.") for x in chosen):
             available = sorted({x[len(f"{prefix}.{layer}."):] for x in names if x.startswith(f"{prefix}.{layer}.")})
             fail("rmu.update_params", patterns, f"matches no parameter of layer {layer}; its parameters are: "
                                                 f"{', '.join(available)}")
-    return chosen, names, targets, prefix
+    return chosen, names, targets, fused, prefix
 
 
 def check_experts(cfg: DictConfig, config, names: list[str]) -> None:
@@ -151,6 +155,8 @@ def check_experts(cfg: DictConfig, config, names: list[str]) -> None:
     experts = plain(cfg.rmu.experts)
     if experts is None:
         return
+    if cfg.adapter is not None:
+        fail("rmu.experts", experts, "chooses experts of full updates; LoRA adapts every expert of a fused tensor")
     if not any(architectures.fused_experts(n) for n in names):
         fail("rmu.experts", experts, f"the updated tensors hold no routed experts ({names[0]}, …)")
     n = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
@@ -173,7 +179,7 @@ def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
     if cfg.trainer.one_pass:  # the reference: one pass over the shortest corpus at most
         steps = min(steps, *(data_mod.n_batches(c, cfg.trainer.batch_size) for c in forget + retain))
     config = read_model_config(cfg.model, "model")
-    names, sizes, targets, prefix = update_names(cfg, config, v["layer_id"], v["update_layers"])
+    names, sizes, targets, fused, prefix = update_names(cfg, config, v["layer_id"], v["update_layers"])
     model_bytes, state_bytes = storage_bytes(cfg, sizes, names)
     # The output folder (and its Hub copy), and room for a resume state beside it: a
     # SIGTERM after the last step saves one.
@@ -186,7 +192,8 @@ def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
         fail("rmu.update_params", plain(cfg.rmu.update_params), f"robust.collapse_components projects weight matrices "
                                                                 f"of linear layers; {not_linear[0]} is not one")
     return Plan(topics=[c.name for c in forget], forget=forget, retain=retain, layer_id=v["layer_id"],
-                update_layers=v["update_layers"], update_names=names, lora_targets=targets, layers_prefix=prefix,
+                update_layers=v["update_layers"], update_names=names, lora_targets=targets, lora_parameters=fused,
+                layers_prefix=prefix,
                 steering_coeff=v["steering"], alpha=v["alpha"],
                 eval_sets=eval_sets, hidden_size=config.hidden_size, steps=steps)
 

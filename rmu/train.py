@@ -233,7 +233,7 @@ def build(cfg: DictConfig, plan: Plan, ranks: Ranks, lock: OutputLock, resume: R
     else:
         # LoRA: only the adapter tensors train; the frozen model is this one with its adapters off.
         peft_model, model, names = add_lora(model, cfg.adapter, plan.update_layers, plan.lora_targets,
-                                            plan.layers_prefix)
+                                            plan.layers_prefix, plan.lora_parameters)
         params = dict(model.named_parameters())
         updated = [params[name] for name in names]
         span = LayerSpan(model, plan.layer_id, names, disable_adapter=peft_model.disable_adapter)
@@ -247,7 +247,7 @@ def build(cfg: DictConfig, plan: Plan, ranks: Ranks, lock: OutputLock, resume: R
     else:
         controls = random_directions(len(plan.topics), plan.hidden_size, cfg.seed) * torch.tensor(coeffs).unsqueeze(1)
     what = (f"updating {len(plan.update_names)} tensors: {plan.update_names}" if peft_model is None else
-            f"LoRA r={cfg.adapter.r} on {plan.lora_targets} of layers {plan.update_layers}")
+            f"LoRA r={cfg.adapter.r} on {plan.lora_targets + plan.lora_parameters} of layers {plan.update_layers}")
     ranks.print(f"rmu: topics {plan.topics}, steering_coeff {[round(c, 2) for c in coeffs]}, alpha {plan.alpha}, "
                 f"hooked layer {plan.layer_id}, {what}" + (f", {ranks.size} processes" if ranks.size > 1 else ""))
     tracker = ranks.on_main(lambda: Tracker(cfg, True)) or Tracker(cfg, False)  # logger=wandb: rank 0 logs

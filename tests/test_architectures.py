@@ -88,21 +88,28 @@ def test_arch_default_update_trains_exactly_the_mlp_output_projection(tiny_cfg, 
 
 @pytest.mark.slow  # make test runs it; make test-fast keeps the full-update case of every architecture
 @pytest.mark.parametrize("model_type", list(ARCHS))
-def test_arch_lora_trains_or_is_refused_before_loading(tiny_cfg, model_type):
+def test_arch_lora_trains_on_exactly_the_mlp_output_projection(tiny_cfg, model_type):
     cfg = arch_cfg(tiny_cfg, model_type, "adapter=lora")
-    if model_type in ("mixtral", "qwen3_moe"):
-        with pytest.raises(ConfigError, match="LoRA cannot wrap .* routed experts"):
-            plan_train(cfg)
-        return
     plan = plan_train(cfg)
     run = setup(cfg)
     try:
         rows = run_steps(run)
+        with torch.no_grad():
+            batch = run.tokenizer(["The cell divides."], return_tensors="pt")
+            adapted = layer_output(run.model, plan.layer_id, dict(batch))
+        wrapped = {n.rsplit(".lora_", 1)[0] for n, _ in run.model.named_parameters() if ".lora_" in n}
+        write_run(run, rows, ({}, None), ({}, None), {"train": 0.0}, time.perf_counter())  # merged
     finally:
         run.lock.release()
+    merged = AutoModelForCausalLM.from_pretrained(cfg.output_dir)
+    with torch.no_grad():
+        assert torch.allclose(layer_output(merged, plan.layer_id, dict(batch)), adapted, atol=1e-5)
     assert run.updated and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
-    wrapped = {n.rsplit(".lora_", 1)[0] for n, _ in run.model.named_parameters() if ".lora_" in n}
-    assert wrapped == {f"{plan.layers_prefix}.{i}.{t}" for i in (0, 1, 2) for t in plan.lora_targets}
+    # Linear modules by name; fused expert tensors (peft target_parameters) on their experts module.
+    expected = {f"{plan.layers_prefix}.{i}.{t}" for i in (0, 1, 2) for t in plan.lora_targets}
+    expected |= {f"{plan.layers_prefix}.{i}.{p.rsplit('.', 1)[0]}" for i in (0, 1, 2) for p in plan.lora_parameters}
+    assert wrapped == expected and (plan.lora_parameters != []) == (model_type in ("mixtral", "qwen3_moe", "qwen2_moe"))
+    assert rows[0]["retain_loss"] == 0.0  # LoRA's B starts at zero: step 0 is the frozen model exactly
 
 
 def test_arch_unknown_type_suggests_its_mlp_output(tiny_cfg):
