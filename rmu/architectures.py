@@ -4,7 +4,8 @@ projection, the tensor RMU updates by default (and the module LoRA wraps).
 The rule, written once: RMU edits the last linear map of each updated layer's MLP, the
 one that writes into the residual stream (Llama's `mlp.down_proj`). `rmu.update_params:
 [auto]` and `adapter.target_modules: [auto]` read it from `MLP_OUTPUT` by the model's
-`config.model_type`; any other entry is taken as written.
+`config.model_type` (a type not in the table that has Llama's `mlp.down_proj` gets that);
+any other entry is taken as written.
 
 Mixture-of-experts models in transformers 5 hold their routed experts as one 3-D tensor
 per layer (`mlp.experts.down_proj`, experts × out × in): a full update trains every
@@ -85,6 +86,8 @@ def mlp_output(model_type: str, layer_params: list[str]) -> MlpOutput:
     (names relative to one decoder layer)."""
     if model_type in MLP_OUTPUT:
         return MLP_OUTPUT[model_type]
+    if "mlp.down_proj.weight" in layer_params:  # an unlisted Llama-like layout (custom code, new families)
+        return _LLAMA
     candidates = [n for n in layer_params if any(h in n for h in _HINTS)]
     raise ValueError(f"rmu has no default for model_type {model_type!r}: name the MLP output projection "
                      f"(likely one of {candidates or layer_params})")

@@ -49,13 +49,13 @@ def written_by_rmu(folder: Path) -> tuple[bool, list[str]]:
     return True, sorted(p.name for p in folder.iterdir() if p.name not in ours)
 
 
-def published_by_me(folder: Path) -> bool:
-    """Whether this process published `folder` (its marker names this host and pid)."""
+def published_by(folder: Path, run_id: str) -> bool:
+    """Whether the run `run_id` published `folder` (its marker names that run)."""
     try:
         marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return marker.get("pid") == os.getpid() and marker.get("host") == socket.gethostname() and "files" in marker
+    return marker.get("run_id") == run_id and "files" in marker
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -120,19 +120,20 @@ def _publish_elsewhere(tmp: Path, final: Path) -> Path:
 
 
 @contextmanager
-def staged_output(final: str | Path, overwrite: bool):
+def staged_output(final: str | Path, overwrite: bool, run_id: str | None = None):
     """Yield a temporary folder; on success publish it as `final`, on error delete it.
+    `run_id` goes into the marker, so that a run can tell its own output from an earlier one.
 
     If `final` changed during the run so that it may not be replaced, the finished folder
     is kept under a visible sibling name and the error says where."""
     final = Path(final).expanduser().absolute()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-    (tmp / MARKER).write_text(json.dumps(_owner()))  # whose it is, while it is being written
+    (tmp / MARKER).write_text(json.dumps(_owner(run_id)))  # whose it is, while it is being written
     try:
         yield tmp
         pause_point("publish")
-        (tmp / MARKER).write_text(json.dumps({**_owner(), "files": sorted(p.name for p in tmp.iterdir())}))
+        (tmp / MARKER).write_text(json.dumps({**_owner(run_id), "files": sorted(p.name for p in tmp.iterdir())}))
         _usual_modes(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -154,8 +155,8 @@ def staged_output(final: str | Path, overwrite: bool):
         raise OutputError(f"could not publish {final} ({cause}); the finished output is kept in {kept}") from None
 
 
-def _owner() -> dict:
-    return {"written_by": "rmu", "host": socket.gethostname(), "pid": os.getpid(),
+def _owner(run_id: str | None = None) -> dict:
+    return {"written_by": "rmu", "host": socket.gethostname(), "pid": os.getpid(), "run_id": run_id,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -178,7 +179,8 @@ def clean_leftovers(final: str | Path, live: callable) -> list[str]:
     """Hidden folders beside `final` that killed runs left: temporary and replaced folders
     (`.<name>.tmp-*`, `.<name>.old-*`, rmu's by their marker) are removed unless a live run
     holds `<name>`; interrupted runs' states (`.<name>.resume`) are kept and reported.
-    `live(name)`: whether a running process holds that output name. Returns the lines to print."""
+    `live(path)`: whether a running process holds the output folder at `path` (this run's
+    own name is not asked: it holds that lock itself). Returns the lines to print."""
     parent = Path(final).expanduser().absolute().parent
     if not parent.is_dir():
         return []
@@ -191,7 +193,7 @@ def clean_leftovers(final: str | Path, live: callable) -> list[str]:
                 break
         else:
             continue
-        if live(name):
+        if name != own and live(parent / name):
             continue
         size = folder_size(p) / GIB
         if kind == ".resume":

@@ -25,13 +25,14 @@ def lock_path(output_dir: str | Path) -> Path:
 
 def _me() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
+            "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def _alive(owner: dict) -> bool:
     if owner.get("slurm_job") and owner["slurm_job"] == os.environ.get("SLURM_JOB_ID") \
-            and owner.get("pid") != os.getpid():
-        return False  # this SLURM job, requeued: its earlier run is gone
+            and int(owner.get("slurm_restart", 0)) < int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0):
+        return False  # this SLURM job, requeued since the owner ran: that run is gone
     if owner.get("host") != socket.gethostname():
         return True  # cannot tell from here: assume it runs
     try:
@@ -88,6 +89,9 @@ class OutputLock:
                 stale = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
                 try:
                     os.replace(self.path, stale)  # one taker wins; the others find the new lock
+                    if read_owner(stale) != owner:  # another run took it over first: give its lock back
+                        os.replace(stale, self.path)
+                        continue
                     os.unlink(stale)
                 except FileNotFoundError:
                     pass

@@ -79,7 +79,7 @@ class Updater:
     def _finite_or_stop(tensors, what: str) -> None:
         """A non-finite gradient or weight stops the run before it reaches a saved state
         (summed over ranks first, so every rank stops together)."""
-        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        if not all(bool(torch.isfinite(t).all()) for t in tensors if t is not None):
             raise TrainingError(f"{what} not finite; the step was not applied" if what.startswith("a gradient")
                                 else f"{what} not finite after the step")
 

@@ -121,10 +121,12 @@ def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int
                                                   "later layers do not affect the hooked activations)")
     names, prefix = models.parameter_layout(config, cfg.model.trust_remote_code)
     in_layer = [n[len(f"{prefix}.0."):] for n in names if n.startswith(f"{prefix}.0.")]
-    try:
-        patterns = architectures.resolve(list(cfg.rmu.update_params), config.model_type, in_layer, lora=False)
-    except ValueError as e:
-        fail("rmu.update_params", plain(cfg.rmu.update_params), str(e))
+    patterns = list(cfg.rmu.update_params)
+    if cfg.adapter is None:  # under LoRA the targets decide
+        try:
+            patterns = architectures.resolve(patterns, config.model_type, in_layer, lora=False)
+        except ValueError as e:
+            fail("rmu.update_params", plain(cfg.rmu.update_params), str(e))
     targets = fused = None
     if cfg.adapter is not None:
         asked = list(cfg.adapter.target_modules)
@@ -160,6 +162,8 @@ def check_experts(cfg: DictConfig, config, names: list[str]) -> None:
     if not any(architectures.fused_experts(n) for n in names):
         fail("rmu.experts", experts, f"the updated tensors hold no routed experts ({names[0]}, …)")
     n = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
+    if n is None:
+        fail("rmu.experts", experts, f"{config.model_type}'s config names no number of experts")
     if max(experts) >= n:
         fail("rmu.experts", experts, f"must be expert indices in 0..{n - 1} (the model has {n} routed experts)")
 

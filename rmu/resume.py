@@ -101,7 +101,10 @@ class Resume:
         if not self.folder.is_dir():
             return None
         if not manifest.is_file():
-            if not any(self.folder.iterdir()):
+            uncommitted = [p for p in self.folder.iterdir() if p.name.startswith(("tensors-", "state.json.tmp"))]
+            if len(uncommitted) == len(list(self.folder.iterdir())):  # killed during its first save
+                for p in uncommitted:
+                    p.unlink()
                 return None
             raise ResumeError(f"{self.folder} holds no state.json: it was written by an older rmu or is damaged; "
                               f"{start_over}")
@@ -129,7 +132,11 @@ class Resume:
 
     def save(self, step: int, updated: list[torch.Tensor], updater, rows: list[dict], robust=None,
              before=None) -> None:
-        """Write the state after `step` steps, atomically. Refuses values that are not finite."""
+        """Write the state after `step` steps, atomically. Refuses values that are not finite.
+        A state of this very step on disk is kept as it is (a run resumed after training and
+        stopped again during the evaluation)."""
+        if self.saved_step == step:
+            return
         tensors = {"updated": [p.detach().cpu().clone() for p in updated],
                    "optimizer": updater.optimizer.state_dict(),
                    "masters": [m.detach().cpu().clone() for m in updater.masters] if updater.masters else None,

@@ -20,7 +20,8 @@ import shlex
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -30,12 +31,12 @@ from tqdm.auto import tqdm
 
 from rmu.adapters import add_lora
 from rmu.architectures import checkpoint_names, fused_experts, keep_experts
-from rmu.checkpoint import clean_leftovers, published_by_me, save_run, staged_output
+from rmu.checkpoint import clean_leftovers, published_by, save_run, staged_output
 from rmu.checks import check_fsdp, check_robust_processes, command_line_keys, plain, robust_on
 from rmu.cli import run_command
 from rmu.data import batch_texts, tokenize
 from rmu.distributed import Ranks
-from rmu.errors import ConfigError, Preempted, TrainingError
+from rmu.errors import ConfigError, Preempted, ResumeError, TrainingError
 from rmu.eval import evaluate
 from rmu.export import prepare, push
 from rmu.fsdp import full_state_dict, load_sharded, local_parameter_mib
@@ -165,6 +166,7 @@ class Run:
     lock: OutputLock  # this run's claim on output_dir (taken by rank 0)
     resume: Resume  # where the training state is saved (rmu/resume.py)
     state: dict | None  # the saved state this run resumes from, checked before the model loaded
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this run in its output's marker
 
 
 def setup(cfg: DictConfig) -> Run:
@@ -198,6 +200,10 @@ def setup(cfg: DictConfig) -> Run:
         state = ranks.on_main(resume.load)  # checked before the weights load: a bad state fails in seconds
         if not ranks.main:
             state = resume.load()
+        step = ranks.same(None if state is None else state["step"])
+        if (None if state is None else state["step"]) != step:  # e.g. an output_dir on a node-local disk
+            raise ResumeError(f"rank {ranks.rank} finds {'no resume state' if state is None else 'another state'} "
+                              f"in {resume.folder} than rank 0 (step {step}); put output_dir on a shared disk")
         return build(cfg, plan, ranks, lock, resume, state)
     except BaseException:
         lock.release()
@@ -313,6 +319,7 @@ def fit(run: Run, preemption: Preemption, before: tuple) -> list[dict]:
             done = step + 1
             pause_point(f"step-{done}")
             stop = ranks.any(preemption.requested)  # SIGTERM on any rank stops all of them
+            preemption.requested = stop  # every rank then takes the same path after training too
             if done < plan.steps and (stop or (t.save_every and done % t.save_every == 0)):
                 ranks.on_main(lambda: resume.save(done, run.updated, run.updater, rows, run.robust, before))
             if stop and done < plan.steps:
@@ -395,7 +402,7 @@ def write_run(run: Run, rows: list[dict], before: tuple, after: tuple, seconds: 
             results.harness = {"setup": {k: v for k, v in harness_base["setup"].items() if k != "model_path"},
                                "base_model": cfg.model.path, "base": harness_base["tasks"],
                                "unlearned": harness_after["tasks"]}
-        with staged_output(cfg.output_dir, cfg.overwrite) as out:
+        with staged_output(cfg.output_dir, cfg.overwrite, run.run_id) as out:
             with open(out / "metrics.jsonl", "w") as log:
                 log.writelines(json.dumps(r) + "\n" for r in rows)
             model = run.model
@@ -419,30 +426,34 @@ def train(cfg: DictConfig) -> RunResults | None:
     Returns results.json's content on rank 0 (None on the other ranks)."""
     t0 = time.perf_counter()
     run = setup(cfg)
-    preemption = Preemption()  # SIGTERM: save the state and stop (rmu/resume.py)
     try:
-        t_load = time.perf_counter()
-        if run.state is not None and run.state.get("before") is not None:
-            before = tuple(run.state["before"])  # measured before the interruption: not redone
-        else:
-            before = evaluate_run(run, cfg.model.path, cfg.model.revision)
-        t_eval = time.perf_counter()
-        rows = fit(run, preemption, before)
-        t_train = time.perf_counter()
-        preemption.at_once()  # from here a SIGTERM saves the trained state at once
+        preemption = Preemption()  # SIGTERM: save the state and stop (rmu/resume.py)
         try:
-            pause_point("eval_after")
-            after = evaluate_run(run, str(cfg.output_dir), None)
-            seconds = {"load": t_load - t0, "eval_before": t_eval - t_load, "train": t_train - t_eval,
-                       "eval_after": time.perf_counter() - t_train}
-            results = write_run(run, rows, before, after, seconds, started=t0)
-        except Interrupted:
-            interrupted_after_training(run, rows, before)
-    except BaseException:
-        run.tracker.abort()  # the wandb run ends as failed
-        raise
+            t_load = time.perf_counter()
+            if run.state is not None and run.state.get("before") is not None:
+                before = tuple(run.state["before"])  # measured before the interruption: not redone
+            else:
+                before = evaluate_run(run, cfg.model.path, cfg.model.revision)
+            t_eval = time.perf_counter()
+            rows = fit(run, preemption, before)
+            t_train = time.perf_counter()
+            try:
+                preemption.at_once()  # from here a SIGTERM saves the trained state at once
+                pause_point("eval_after")
+                after = evaluate_run(run, str(cfg.output_dir), None)
+                seconds = {"load": t_load - t0, "eval_before": t_eval - t_load, "train": t_train - t_eval,
+                           "eval_after": time.perf_counter() - t_train}
+                results = write_run(run, rows, before, after, seconds, started=t0)
+                preemption.raise_at_once = False  # written: a later SIGTERM has nothing left to save
+            except Interrupted:
+                interrupted_after_training(run, rows, before)
+        except BaseException:
+            run.tracker.abort()  # the wandb run ends as failed
+            raise
+        finally:
+            preemption.raise_at_once = False
+            preemption.restore()
     finally:
-        preemption.restore()
         run.lock.release()
     if results is None:
         return None
@@ -464,7 +475,7 @@ def interrupted_after_training(run: Run, rows: list[dict], before: tuple):
     rerun only evaluates and writes. Rank 0 saves without waiting for the others (they
     may be inside a collective that will not complete)."""
     out = run.cfg.output_dir
-    if published_by_me(Path(out).expanduser().absolute()):  # the signal came after the folder was published
+    if published_by(Path(out).expanduser().absolute(), run.run_id):  # the signal came after the folder was published
         run.resume.clear()
         raise Preempted(f"stopped by SIGTERM after {out} was written; the run is complete")
     if run.ranks.main:

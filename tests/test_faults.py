@@ -134,7 +134,7 @@ def test_a_read_only_folder_a_mount_point_and_a_small_disk_fail_before_the_model
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ro", "scratch"] and not any(scratch.iterdir())
 
 
-@pytest.mark.parametrize("point", ["eval_after", "publish"])
+@pytest.mark.parametrize("point", ["step-4", "eval_after", "publish"])  # step-4: the last step
 def test_sigterm_after_training_keeps_the_trained_state_and_the_rerun_only_evaluates(tmp_path, straight, point):
     out = tmp_path / "run"
     rc, stdout, stderr = Paused(*TINY, f"output_dir={out}", point=point).wait().kill(signal.SIGTERM)
@@ -192,7 +192,7 @@ def test_a_planted_pickle_as_resume_state_is_refused_before_the_model_loads_and_
     assert (tmp_path / ".run.resume" / "tensors-2.pt").exists()  # never deleted behind the user's back
 
 
-@pytest.mark.parametrize("damage", ["empty", "truncated", "random", "no_manifest"])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "random", "older_rmu"])
 def test_a_damaged_resume_state_names_the_file_and_how_to_start_over(tmp_path, damage):
     cfg = make_cfg(TINY + [f"output_dir={tmp_path / 'run'}"])
     folder = tmp_path / ".run.resume"
@@ -207,8 +207,9 @@ def test_a_damaged_resume_state_names_the_file_and_how_to_start_over(tmp_path, d
         (folder / "tensors-2.pt").write_bytes(data[: len(data) // 2])
     elif damage == "random":
         (folder / "tensors-2.pt").write_bytes(os.urandom(4096))
-    else:
+    else:  # an older rmu's single state.pt
         (folder / "state.json").unlink()
+        (folder / "tensors-2.pt").rename(folder / "state.pt")
     with pytest.raises(ResumeError, match=f"delete {folder} to start over"):
         Resume(cfg).load()
 
@@ -243,6 +244,27 @@ def test_two_runs_into_one_output_dir_the_second_stops_before_loading(tmp_path):
     first.proc.wait(300)
     assert first.proc.returncode == 0, "".join(first.err)[-3000:]
     assert (out / "model.safetensors").is_file() and hidden(tmp_path) == []
+
+
+def test_a_live_run_beside_keeps_its_temporary_folder(tmp_path):
+    outputs = tmp_path / "outputs"
+    first = Paused(*TINY, f"output_dir={outputs / 'a'}", point="publish", seconds=25).wait()
+    assert any(n.startswith(".a.tmp-") for n in hidden(outputs))
+    second = run_cli("rmu.train", *TINY, f"output_dir={outputs / 'b'}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "a killed run left" not in second.stdout  # a's folder belongs to a live run
+    first.proc.wait(300)
+    assert first.proc.returncode == 0, "".join(first.err)[-3000:]
+    assert (outputs / "a" / "model.safetensors").is_file() and hidden(outputs) == []
+
+
+def test_a_state_killed_during_its_first_save_is_no_state(tmp_path):
+    cfg = make_cfg(TINY + [f"output_dir={tmp_path / 'run'}"])
+    folder = tmp_path / ".run.resume"
+    folder.mkdir()
+    (folder / "tensors-3.pt.tmp").write_bytes(os.urandom(100))  # SIGKILL mid-write, nothing committed
+    (folder / "tensors-3.pt").write_bytes(os.urandom(100))  # renamed, but state.json not yet replaced
+    assert Resume(cfg).load() is None and not any(folder.iterdir())
 
 
 def test_a_killed_run_leaves_nothing_the_next_run_does_not_clean_or_report(tmp_path, straight):

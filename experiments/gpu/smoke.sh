@@ -18,18 +18,23 @@ DEVICE=${DEVICE:-cuda}
 MODEL=${MODEL:-zephyr_7b_random}
 OUT=${OUT:-outputs/gpu-smoke-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
-if [ "$DEVICE" = cuda ]; then GPUS=$(nvidia-smi -L | wc -l); else GPUS=${GPUS:-0}; fi
+if [ "$DEVICE" = cuda ]; then GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())"); else GPUS=${GPUS:-0}; fi
 STEP=(model="$MODEL" model.device="$DEVICE" eval=none trainer.progress=false rmu.layer_id=3
       data.forget.0.max_length=256 data.forget.1.max_length=256 data.retain.0.max_length=256)
 summary="smoke:"
+run() {  # run <name> <command...>: its output in $OUT/<name>.log; on failure say where and stop
+  local name=$1; shift
+  "$@" > "$OUT/$name.log" 2>&1 || { echo "smoke: $name failed; the end of $OUT/$name.log:"; tail -n 20 "$OUT/$name.log"; exit 1; }
+}
 
-bench=$("$PY" experiments/bench/bench.py --model "$MODEL" --device "$DEVICE" --dtype bfloat16 --layer 3 \
-        --length 256 --steps 3 --warmup 1 --no-scaling | tail -n 1)
+run bench "$PY" experiments/bench/bench.py --model "$MODEL" --device "$DEVICE" --dtype bfloat16 --layer 3 \
+    --length 256 --steps 3 --warmup 1 --no-scaling
+bench=$(tail -n 1 "$OUT/bench.log")
 echo "$bench"
 summary="$summary ${bench#bench: } |"
 
 for dtype in bfloat16 float16; do
-  "$PY" -m rmu.train "${STEP[@]}" model.dtype=$dtype trainer.max_steps=20 output_dir="$OUT/$dtype" > "$OUT/$dtype.log" 2>&1
+  run "$dtype" "$PY" -m rmu.train "${STEP[@]}" model.dtype=$dtype trainer.max_steps=20 output_dir="$OUT/$dtype"
   "$PY" - "$OUT/$dtype" <<'PY'
 import json, math, sys
 rows = [json.loads(line) for line in open(f"{sys.argv[1]}/metrics.jsonl")]
@@ -41,17 +46,21 @@ PY
 done
 
 if [ "$GPUS" -ge 2 ]; then
-  "$PY" -m rmu.train "${STEP[@]}" model.dtype=float32 trainer.max_steps=6 trainer.batch_size=4 \
-      output_dir="$OUT/one" > "$OUT/one.log" 2>&1
-  "$(dirname "$PY")/torchrun" --nproc_per_node 2 -m rmu.train "${STEP[@]}" model.dtype=float32 trainer.max_steps=6 \
-      trainer.batch_size=2 output_dir="$OUT/ddp" > "$OUT/ddp.log" 2>&1
-  "$(dirname "$PY")/accelerate" launch --config_file experiments/accelerate/fsdp.yaml --num_processes 2 -m rmu.train \
-      "${STEP[@]}" model.dtype=float32 trainer.max_steps=6 trainer.batch_size=2 output_dir="$OUT/fsdp" > "$OUT/fsdp.log" 2>&1
+  run one "$PY" -m rmu.train "${STEP[@]}" model.dtype=float32 trainer.max_steps=6 trainer.batch_size=4 \
+      output_dir="$OUT/one"
+  run ddp "$PY" -m torch.distributed.run --nproc_per_node 2 -m rmu.train "${STEP[@]}" model.dtype=float32 \
+      trainer.max_steps=6 trainer.batch_size=2 output_dir="$OUT/ddp"
+  run fsdp "$PY" -m accelerate.commands.launch --config_file experiments/accelerate/fsdp.yaml --num_processes 2 \
+      -m rmu.train "${STEP[@]}" model.dtype=float32 trainer.max_steps=6 trainer.batch_size=2 output_dir="$OUT/fsdp"
   for run in ddp fsdp; do
     gap=$("$PY" - "$OUT/one" "$OUT/$run" <<'PY'
 import sys
+from pathlib import Path
 from safetensors.torch import load_file
-a, b = load_file(f"{sys.argv[1]}/model.safetensors"), load_file(f"{sys.argv[2]}/model.safetensors")
+def weights(folder):  # every shard
+    return {k: v for f in sorted(Path(folder).glob("*.safetensors")) if f.name != "control_vectors.safetensors"
+            for k, v in load_file(f).items()}
+a, b = weights(sys.argv[1]), weights(sys.argv[2])
 print(f"{max(((a[k] - b[k]).abs().max() / a[k].abs().max()).item() for k in a):.1e}")
 PY
 )
