@@ -80,6 +80,7 @@ def test_all_attacks_run_end_to_end_through_the_cli(tmp_path):
     assert [r["base_attacked"] for r in second["summary"]] == [r["base_attacked"] for r in rows]
 
 
+@pytest.mark.slow
 def test_single_attack_and_bad_settings(tmp_path):
     proc = run_cli("rmu.attack", "attack=ablate", *SMALL[:4], "model.path=/nonexistent-run", f"output_dir={tmp_path}/a")
     assert proc.returncode != 0 and "error: model.path='/nonexistent-run': cannot read the model's config" in proc.stderr

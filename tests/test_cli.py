@@ -9,8 +9,6 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import rmu.train
-from rmu.errors import ConfigError
-from rmu.data import DataError
 from tests.conftest import TINY, run_cli
 
 
@@ -95,26 +93,33 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("overrides,message", BAD_INPUTS)
-def test_bad_input_fails_early_with_a_clear_message(tmp_path, overrides, message, monkeypatch):
-    corrupt_file(tmp_path, "malformed" if "line 2" in message else "empty")
-    overrides = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
+def test_bad_input_through_the_real_command_line_is_one_sentence(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("rmu.train", *TINY, f"output_dir={out}", *overrides)
-    assert proc.returncode != 0
-    assert message in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+    proc = run_cli("rmu.train", *TINY, f"output_dir={out}", "rmu.layer_id=4")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: rmu.layer_id=4: must be in 0..3 (the model has 4 decoder layers)"
     assert not out.exists()
 
-    # ...and before any model is loaded: the same run in-process never reaches load_model.
+
+@pytest.mark.parametrize("overrides,message", BAD_INPUTS)
+def test_bad_input_fails_early_with_a_clear_message(tmp_path, overrides, message, monkeypatch, capsys):
+    """What the command prints (rmu/cli.py's wrapper around train, in-process: the test
+    above runs the real command line once), before any model is loaded."""
+    from rmu.cli import run_command
     from tests.conftest import make_cfg
 
     def no_loading(*a, **k):
         raise AssertionError("load_model was called before the config was checked")
 
     monkeypatch.setattr(rmu.train, "load_model", no_loading)
-    with pytest.raises((ConfigError, DataError)):
-        rmu.train.train(make_cfg([*TINY, f"output_dir={out}", *overrides]))
+    corrupt_file(tmp_path, "malformed" if "line 2" in message else "empty")
+    overrides = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        run_command(rmu.train.train, make_cfg(TINY + [f"output_dir={out}", *overrides]))
+    assert stopped.value.code == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_unknown_key_without_plus_is_rejected_by_hydra(tmp_path):

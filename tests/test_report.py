@@ -3,6 +3,8 @@
 import struct
 from pathlib import Path
 
+import pytest
+
 from rmu.train import train
 from tests.conftest import run_cli
 
@@ -13,6 +15,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
+@pytest.mark.slow
 def test_every_run_writes_a_report_and_the_cli_rewrites_it(tiny_cfg):
     cfg = tiny_cfg("eval=bundled", "eval.batch_size=32", "trainer.max_steps=6")
     results = train(cfg)

@@ -61,6 +61,7 @@ def test_each_job_writes_its_own_folder_and_the_summary_lists_failures(tmp_path)
     assert "Shared overrides: debug=tiny" in table
 
 
+@pytest.mark.slow
 def test_output_dir_given_on_the_command_line_is_kept_in_a_sweep(tmp_path):
     proc = run_cli("rmu.train", "-m", *TINY, "rmu.alpha=10,20", f"output_dir={tmp_path}/a${{rmu.alpha}}",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}")
