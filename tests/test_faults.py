@@ -237,10 +237,11 @@ def test_a_non_finite_loss_keeps_only_finite_state_and_says_so(tmp_path):
 
 def test_two_runs_into_one_output_dir_the_second_stops_before_loading(tmp_path):
     out = tmp_path / "run"
-    first = Paused(*TINY, f"output_dir={out}", "trainer.save_every=1", point="step-1", seconds=3).wait()
+    first = Paused(*TINY, f"output_dir={out}", "trainer.save_every=1", point="step-1").wait()
     second = run_cli("rmu.train", *TINY, f"output_dir={out}", "trainer.save_every=1")
     refused(second, f"output_dir={out} is in use by another run", f"pid {first.proc.pid}")
     assert LOADED not in second.stdout
+    first.proc.send_signal(signal.SIGUSR1)  # go on
     first.proc.wait(300)
     assert first.proc.returncode == 0, "".join(first.err)[-3000:]
     assert (out / "model.safetensors").is_file() and hidden(tmp_path) == []
@@ -248,11 +249,12 @@ def test_two_runs_into_one_output_dir_the_second_stops_before_loading(tmp_path):
 
 def test_a_live_run_beside_keeps_its_temporary_folder(tmp_path):
     outputs = tmp_path / "outputs"
-    first = Paused(*TINY, f"output_dir={outputs / 'a'}", point="publish", seconds=25).wait()
+    first = Paused(*TINY, f"output_dir={outputs / 'a'}", point="publish").wait()
     assert any(n.startswith(".a.tmp-") for n in hidden(outputs))
     second = run_cli("rmu.train", *TINY, f"output_dir={outputs / 'b'}")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "a killed run left" not in second.stdout  # a's folder belongs to a live run
+    first.proc.send_signal(signal.SIGUSR1)  # go on
     first.proc.wait(300)
     assert first.proc.returncode == 0, "".join(first.err)[-3000:]
     assert (outputs / "a" / "model.safetensors").is_file() and hidden(outputs) == []
