@@ -145,7 +145,7 @@ class Resume:
                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
         if not _finite(tensors["updated"] + (tensors["masters"] or [])):
             raise TrainingError(f"the updated tensors are not finite after step {step}; no state was saved"
-                                + self._kept())
+                                + self.kept_note())
         name = f"tensors-{step}.pt"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -166,16 +166,17 @@ class Resume:
             if (self.folder / name).is_file() and self.saved_step != step:
                 (self.folder / name).unlink()
             raise OutputError(os_error_message(e, f"could not save the training state of step {step} to")
-                              + self._kept()) from None
+                              + self.kept_note()) from None
         for old in self.folder.glob("tensors-*.pt"):
             if old.name != name:
                 old.unlink()
         self.saved_step = step
         pause.pause_point("resume_saved")
 
-    def _kept(self) -> str:
+    def kept_note(self) -> str:
+        """What a failed run leaves behind, for the end of its message."""
         if self.saved_step is None:
-            return "; no earlier state exists"
+            return "; nothing was written"
         return (f"; the state of step {self.saved_step} in {self.folder} is kept (rerunning the same command "
                 f"resumes there)")
 

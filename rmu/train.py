@@ -325,8 +325,7 @@ def fit(run: Run, preemption: Preemption, before: tuple) -> list[dict]:
             if stop and done < plan.steps:
                 raise Preempted(stopped_message(run, f"after step {done}"))
     except TrainingError as e:  # say what the disk holds now, whatever the cause
-        raise TrainingError(f"{e}{resume._kept() if resume.saved_step is not None else '; nothing was written'}") \
-            from None
+        raise TrainingError(f"{e}{resume.kept_note()}") from None
     finally:
         progress.close()
     return rows

@@ -58,9 +58,9 @@ def estimate(config, n_params: int, n_updated: int, *, dtype: str, span_layers: 
     return parts
 
 
-def measured_activations(cfg_overrides: list[str]) -> tuple[int, int, object, object]:
+def measured_activations(cfg_overrides: list[str]) -> tuple[int, int]:
     """(bytes the forget and retain passes keep for backward, measured with saved-tensor
-    hooks on a real step's batches; the matching estimate; plan; config)."""
+    hooks on a real step's batches; the matching estimate)."""
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -93,7 +93,7 @@ def measured_activations(cfg_overrides: list[str]) -> tuple[int, int, object, ob
         span = plan.layer_id - min(plan.update_layers) + 1
         est = per_token_layer(config) * span * bs * (forget["input_ids"].shape[1] + retain["input_ids"].shape[1]) \
             * WIDTH[cfg.model.dtype]
-        return measured, est, plan, config
+        return measured, est
     finally:
         run.lock.release()
 
@@ -150,7 +150,7 @@ def main():
         return
     for label, overrides in (("tiny", ["debug=tiny", "eval=none", "data.forget.0.max_length=64"]),
                              ("bundled", ["eval=none", "trainer.batch_size=4"])):
-        measured, est, _, _ = measured_activations(overrides + ["output_dir=/tmp/rmu-memory-check"])
+        measured, est = measured_activations(overrides + ["output_dir=/tmp/rmu-memory-check"])
         print(f"{label}: activations measured {measured / 2**20:.1f} MiB, estimated {est / 2**20:.1f} MiB, "
               f"ratio {est / measured:.2f}")
 
