@@ -1,4 +1,4 @@
-"""The errors a user can act on. Every `python -m rmu.*` command (rmu/cli.py) turns an
+"""The errors a user can act on. Every `python -m rmu.*` command (rmu/run/cli.py) turns an
 `RmuError` into one line on stderr and its exit code; anything else is a bug and keeps
 its traceback."""
 

@@ -21,13 +21,13 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
-from rmu.checkpoint import MARKER, check_output_dir, check_writable, folder_size, staged_output
-from rmu.checks import check_export_target, check_schema, fail, is_repo_id
-from rmu.cli import run_command
+from rmu.run.checkpoint import MARKER, check_output_dir, check_writable, folder_size, staged_output
+from rmu.config.checks import check_export_target, check_schema, fail, is_repo_id
+from rmu.run.cli import run_command
 from rmu.errors import ExportError
-from rmu.lock import OutputLock
-from rmu.results import RunResults
-from rmu.schema import CONF_DIR
+from rmu.run.lock import OutputLock
+from rmu.evaluation.results import RunResults
+from rmu.config.schema import CONF_DIR
 
 # lm-eval tasks whose data lives on the Hub: (dataset id, config) for the model-index.
 HARNESS_DATASETS = {"wmdp_bio": ("cais/wmdp", "wmdp-bio"), "wmdp_cyber": ("cais/wmdp", "wmdp-cyber"),

@@ -11,9 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
-from rmu.cli import run_command
+from rmu.run.cli import run_command
 from rmu.errors import ConfigError
-from rmu.results import RunResults
+from rmu.evaluation.results import RunResults
 
 
 def _rows(folder: Path) -> list[dict]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from rmu.schema import CONF_DIR
+from rmu.config.schema import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-# Tiny, fast settings for runs on the 4-layer random model (conf/debug/tiny.yaml), shorter texts.
-TINY = ["debug=tiny", "trainer.progress=false", "data.forget.0.max_length=32", "data.forget.1.max_length=32",
+# Tiny, fast settings for runs on the 4-layer random model (conf/debug/tiny.yaml), shorter texts,
+# and a fixed steering coefficient (the random model's activation norms mean nothing).
+TINY = ["debug=tiny", "rmu.steering_coeff=10", "trainer.progress=false", "data.forget.0.max_length=32", "data.forget.1.max_length=32",
         "data.retain.0.max_length=32"]
 
 

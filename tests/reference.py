@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rmu.hooks import StopForward, decoder_layers
+from rmu.models.hooks import StopForward, decoder_layers
 
 
 def layer_output(model, layer_id: int, batch: dict, stop: bool = True) -> torch.Tensor:

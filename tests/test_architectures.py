@@ -13,9 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rmu.errors import ConfigError
-from rmu.plan import plan_train
-from rmu.resume import Preemption
-from rmu.train import fit, setup, write_run
+from rmu.config.plan import plan_train
+from rmu.unlearn.recipe import fit, setup, write_run
 from tests.reference import layer_output
 
 LLAMA_LIKE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
@@ -52,11 +51,7 @@ def arch_cfg(tiny_cfg, model_type: str, *extra: str):
 
 
 def run_steps(run) -> list[dict]:
-    preemption = Preemption()
-    try:
-        return fit(run, preemption, ({}, None))
-    finally:
-        preemption.restore()
+    return fit(run, ({}, None))
 
 
 # make test-fast keeps one of each kind (Llama-like, GPT-2's names, fused experts); make test runs all.
@@ -70,20 +65,17 @@ def test_arch_default_update_trains_exactly_the_mlp_output_projection(tiny_cfg, 
     prefix = plan.layers_prefix
     assert plan.update_names == [f"{prefix}.{i}.{p}" for i in (0, 1, 2) for p in ARCHS[model_type][1]]
     run = setup(cfg)
-    try:
-        batch = {k: v for k, v in run.tokenizer(["The cell divides.", "Stars burn hydrogen into helium."],
-                                                return_tensors="pt", padding=True).items()
-                 if k in ("input_ids", "attention_mask")}
-        with torch.no_grad():
-            assert torch.equal(run.span.run(run.span.prefix(batch)), layer_output(run.model, plan.layer_id, batch))
-        before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
-        rows = run_steps(run)
-        changed = {n for n, p in run.model.named_parameters() if not torch.equal(p, before[n])}
-        assert changed == set(plan.update_names)
-        assert rows[0]["retain_loss"] == 0.0  # no dropout: the updated and frozen passes agree exactly at step 0
-        write_run(run, rows, ({}, None), ({}, None), {"train": 0.0}, time.perf_counter())
-    finally:
-        run.lock.release()
+    batch = {k: v for k, v in run.tokenizer(["The cell divides.", "Stars burn hydrogen into helium."],
+                                            return_tensors="pt", padding=True).items()
+             if k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        assert torch.equal(run.span.run(run.span.prefix(batch)), layer_output(run.model, plan.layer_id, batch))
+    before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+    rows = run_steps(run)
+    changed = {n for n, p in run.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == set(plan.update_names)
+    assert rows[0]["retain_loss"] == 0.0  # no dropout: the updated and frozen passes agree exactly at step 0
+    write_run(run, rows, ({}, None), ({}, None), {"train": 0.0}, time.perf_counter())
     reloaded = AutoModelForCausalLM.from_pretrained(cfg.output_dir)
     with torch.no_grad():
         assert torch.allclose(layer_output(reloaded, plan.layer_id, batch),
@@ -96,15 +88,12 @@ def test_arch_lora_trains_on_exactly_the_mlp_output_projection(tiny_cfg, model_t
     cfg = arch_cfg(tiny_cfg, model_type, "adapter=lora")
     plan = plan_train(cfg)
     run = setup(cfg)
-    try:
-        rows = run_steps(run)
-        with torch.no_grad():
-            batch = run.tokenizer(["The cell divides."], return_tensors="pt")
-            adapted = layer_output(run.model, plan.layer_id, dict(batch))
-        wrapped = {n.rsplit(".lora_", 1)[0] for n, _ in run.model.named_parameters() if ".lora_" in n}
-        write_run(run, rows, ({}, None), ({}, None), {"train": 0.0}, time.perf_counter())  # merged
-    finally:
-        run.lock.release()
+    rows = run_steps(run)
+    with torch.no_grad():
+        batch = run.tokenizer(["The cell divides."], return_tensors="pt")
+        adapted = layer_output(run.model, plan.layer_id, dict(batch))
+    wrapped = {n.rsplit(".lora_", 1)[0] for n, _ in run.model.named_parameters() if ".lora_" in n}
+    write_run(run, rows, ({}, None), ({}, None), {"train": 0.0}, time.perf_counter())  # merged
     merged = AutoModelForCausalLM.from_pretrained(cfg.output_dir)
     with torch.no_grad():
         assert torch.allclose(layer_output(merged, plan.layer_id, dict(batch)), adapted, atol=1e-5)
@@ -128,16 +117,13 @@ def test_arch_unknown_type_suggests_its_mlp_output(tiny_cfg):
 def test_arch_moe_updates_only_the_chosen_experts_and_names_them_as_the_checkpoint_does(tiny_cfg, model_type):
     from safetensors import safe_open
 
-    from rmu.results import RunResults
+    from rmu.evaluation.results import RunResults
     cfg = arch_cfg(tiny_cfg, model_type, "rmu.experts=[1,3]")
     plan = plan_train(cfg)
     run = setup(cfg)
-    try:
-        before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
-        rows = run_steps(run)
-        write_run(run, rows, ({}, None), ({}, None), {"train": 0.0}, time.perf_counter())
-    finally:
-        run.lock.release()
+    before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+    rows = run_steps(run)
+    write_run(run, rows, ({}, None), ({}, None), {"train": 0.0}, time.perf_counter())
     params = dict(run.model.named_parameters())
     for name in plan.update_names:
         if name.endswith("experts.down_proj"):

@@ -12,7 +12,7 @@ from rmu.attack.cli import gap_recovered
 from rmu.attack.in_context import shot_contexts
 from rmu.attack.probe import features, fit_and_score, probe_features
 from rmu.data import MCQItem, load_corpus, load_mcq, tokenize
-from rmu.models import load_model
+from rmu.models.loading import load_model
 from tests.conftest import ROOT, TINY, make_cfg, run_cli
 from tests.reference import layer_output
 

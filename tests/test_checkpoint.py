@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from rmu.checkpoint import MARKER, check_output_dir, staged_output
+from rmu.run.checkpoint import MARKER, check_output_dir, staged_output
 from rmu.errors import ConfigError, OutputError
 
 

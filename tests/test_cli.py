@@ -9,6 +9,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import rmu.train
+import rmu.unlearn.recipe
 from tests.conftest import TINY, run_cli
 
 
@@ -103,15 +104,15 @@ def test_bad_input_through_the_real_command_line_is_one_sentence(tmp_path):
 
 @pytest.mark.parametrize("overrides,message", BAD_INPUTS)
 def test_bad_input_fails_early_with_a_clear_message(tmp_path, overrides, message, monkeypatch, capsys):
-    """What the command prints (rmu/cli.py's wrapper around train, in-process: the test
+    """What the command prints (rmu/run/cli.py's wrapper around train, in-process: the test
     above runs the real command line once), before any model is loaded."""
-    from rmu.cli import run_command
+    from rmu.run.cli import run_command
     from tests.conftest import make_cfg
 
     def no_loading(*a, **k):
         raise AssertionError("load_model was called before the config was checked")
 
-    monkeypatch.setattr(rmu.train, "load_model", no_loading)
+    monkeypatch.setattr(rmu.unlearn.recipe, "load_model", no_loading)
     corrupt_file(tmp_path, "malformed" if "line 2" in message else "empty")
     overrides = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
     out = tmp_path / "run"

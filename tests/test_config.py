@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from rmu.checks import check_train_values
+from rmu.config.checks import check_train_values
 from rmu.errors import ConfigError
-from rmu.plan import plan_train
-from rmu.schema import CONF_DIR
+from rmu.config.plan import plan_train
+from rmu.config.schema import CONF_DIR
 from tests.conftest import TINY, make_cfg
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF_DIR).iterdir() if g.is_dir()}
@@ -38,7 +38,7 @@ def test_every_experiment_composes_and_validates(experiment, tmp_path):
 
 @pytest.mark.parametrize("option", GROUPS["attack"])
 def test_every_attack_option_composes_and_validates(option, tmp_path):
-    from rmu.checks import check_attack_values as check_attack
+    from rmu.config.checks import check_attack_values as check_attack
 
     cfg = make_cfg([f"attack={option}", "model=tiny_random", "model@base=tiny_random",
                     f"output_dir={tmp_path / 'o'}"], config_name="attack")
@@ -59,7 +59,7 @@ def test_trust_remote_code_is_off_in_every_model_config():
 
 def test_defaults_are_the_documented_ones():
     cfg = make_cfg([])
-    assert cfg.rmu.update_params == ["auto"] and cfg.adapter is None  # auto: rmu/architectures.py
+    assert cfg.rmu.update_params == ["auto"] and cfg.adapter is None  # auto: rmu/models/architectures.py
     assert cfg.rmu.update_layers is None and cfg.rmu.mask_padding is True
     assert cfg.optim.weight_decay == 0.0 and cfg.optim.eps == 1e-6
     assert cfg.model.dtype == "float32" and cfg.overwrite is False

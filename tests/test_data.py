@@ -83,7 +83,7 @@ def hub_style_dataset(folder, config_name, split, texts):
 
 
 def test_wmdp_data_config_loads_local_copies_in_the_published_format(tmp_path, monkeypatch):
-    from rmu.plan import plan_train
+    from rmu.config.plan import plan_train
     from tests.conftest import TINY, make_cfg
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from rmu.checks import check_fsdp
+from rmu.config.checks import check_fsdp
 from rmu.errors import ConfigError
 
 from tests.conftest import ROOT, run_cli
@@ -64,7 +64,7 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_robust_stages_on_two_processes_end_where_one_process_does(tmp_path):
-    """Every stage that runs on several processes (rmu/robust.py): fresh targets, the latent
+    """Every stage that runs on several processes (rmu/unlearn/robust.py): fresh targets, the latent
     adversary, meta-unlearning, normalisation and masking, with the gradients summed over
     ranks before they are combined."""
     robust = ["robust.targets=sample", "robust.lat_eps=0.2", "robust.meta_steps=1", "robust.meta_lr=1e-3",
@@ -135,7 +135,7 @@ def test_shipped_accelerate_configs_parse():
 
 
 def accelerate_env(config: Path) -> dict:
-    """The FSDP variables the trainer reads (rmu/distributed.py `Ranks`), from the documented
+    """The FSDP variables the trainer reads (rmu/run/distributed.py `Ranks`), from the documented
     keys of an accelerate config file, as `accelerate launch --config_file <config>` sets them."""
     cfg = yaml.safe_load(config.read_text())
     fsdp = cfg.get("fsdp_config", {})
@@ -189,7 +189,7 @@ def _one_rank_goes_non_finite(rank: int, port: int, out_dir: str, results) -> No
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from rmu.data import batch_texts, tokenize
     from rmu.errors import RankFailed, TrainingError
-    from rmu.train import rmu_step, setup
+    from rmu.unlearn.recipe import setup
     from tests.conftest import TINY, make_cfg
 
     run = setup(make_cfg(TINY + [f"output_dir={out_dir}"]))
@@ -200,7 +200,7 @@ def _one_rank_goes_non_finite(rank: int, port: int, out_dir: str, results) -> No
     forget = tokenize(run.tokenizer, ranks.shard(batch_texts(plan.forget[0], 0, 4)), 32, run.device)
     retain = tokenize(run.tokenizer, ranks.shard(batch_texts(plan.retain[0], 0, 4)), 32, run.device)
     try:
-        rmu_step(run.span, run.updater, forget, retain, control, 100.0, True, 0, ranks)
+        run.step(forget, retain, control, 100.0, 0)
         results.put((rank, "step", "no error"))
     except TrainingError as e:
         results.put((rank, "step", f"TrainingError: {e}"))

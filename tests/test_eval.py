@@ -3,8 +3,8 @@
 import torch
 
 from rmu.data import MCQItem
-from rmu.eval import choice_logprobs, prompt, score_set
-from rmu.models import load_model
+from rmu.evaluation.mcq import choice_logprobs, prompt, score_set
+from rmu.models.loading import load_model
 from tests.conftest import make_cfg
 
 ITEMS = [
@@ -30,12 +30,12 @@ def test_batched_padded_scores_equal_one_sequence_at_a_time():
 
 
 def test_acc_takes_the_highest_sum_and_acc_norm_the_highest_per_character(monkeypatch):
-    import rmu.eval
+    import rmu.evaluation.mcq
 
     # item 1: "Au" (-1.0 / 2 chars) wins on the sum, "Copper and tin" (-3.9 / 14) per character
     # item 2: " Venus" wins both ways (wrong); item 3: " eight" wins both ways (right)
     fake = [[-1.0, -2.0, -3.0, -3.9], [-1.0, -5.0, -5.0, -5.0], [-1.0, -9.0]]
-    monkeypatch.setattr(rmu.eval, "choice_logprobs", lambda *a, **k: fake)
+    monkeypatch.setattr(rmu.evaluation.mcq, "choice_logprobs", lambda *a, **k: fake)
     r = score_set(torch.nn.Linear(1, 1), None, ITEMS)
     assert r["acc"] == 2 / 3 and r["acc_norm"] == 1 / 3 and r["n"] == 3
     assert abs(r["chance"] - (0.25 + 0.25 + 0.5) / 3) < 1e-12

@@ -79,7 +79,7 @@ def test_lora_adapter_folder_exports_as_a_peft_model(tiny_cfg):
 
 
 def test_bad_repo_id_is_refused_before_training(tiny_cfg):
-    from rmu.checks import check_train_values
+    from rmu.config.checks import check_train_values
     from rmu.errors import ConfigError
 
     with pytest.raises(ConfigError, match="export.repo_id='not a repo': must be a Hub repo id"):

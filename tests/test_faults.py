@@ -1,6 +1,6 @@
 """Fault injection through the real command line: each row of the README's "Nothing lost"
 table, driven as it happens on a cluster — SIGTERM / SIGKILL at named points
-(RMU_PAUSE_AT, rmu/pause.py), a read-only folder, an empty mount point, a full disk
+(RMU_PAUSE_AT, rmu/run/pause.py), a read-only folder, an empty mount point, a full disk
 (tests/os_faults.py), two runs at once, planted and damaged state files, custom model
 code, bad bytes. Each asserts the exit code, a message naming the cause, that nothing
 outside rmu's own folders changed, and after a resume the weights of an uninterrupted run."""
@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rmu.checkpoint import MARKER
+from rmu.run.checkpoint import MARKER
 from rmu.errors import ResumeError
-from rmu.resume import Resume, fingerprint
+from rmu.run.resume import Resume, fingerprint
 from tests.conftest import ROOT, TINY, make_cfg, run_cli
 from tests.test_distributed import assert_same_weights
 
@@ -309,7 +309,7 @@ def custom_code_model(folder: Path) -> Path:
     """A local model folder whose config and model classes are custom code."""
     from transformers import AutoModelForCausalLM
 
-    from rmu.models import load_tokenizer
+    from rmu.models.loading import load_tokenizer
     cfg = make_cfg(TINY)
     tok = load_tokenizer(cfg.model)
     model = AutoModelForCausalLM.from_config(

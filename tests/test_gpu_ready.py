@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from rmu.plan import plan_train
+from rmu.config.plan import plan_train
 from tests.conftest import ROOT, make_cfg
 
 sys.path.insert(0, str(ROOT / "experiments" / "gpu"))

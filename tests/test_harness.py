@@ -8,12 +8,13 @@ import pytest
 from omegaconf import OmegaConf
 
 import rmu.train
+import rmu.unlearn.recipe
 from rmu.errors import ConfigError
-from rmu.plan import plan_train
+from rmu.config.plan import plan_train
 from rmu.data import load_mcq
-from rmu.eval import evaluate
-from rmu.harness import run_harness
-from rmu.models import load_model
+from rmu.evaluation.mcq import evaluate
+from rmu.evaluation.harness import run_harness
+from rmu.models.loading import load_model
 from tests.conftest import TINY, make_cfg, run_cli
 
 SETS = ("chem", "astro", "general")
@@ -65,7 +66,7 @@ def test_training_runs_the_harness_before_and_after(tiny_cfg):
 
 
 def test_unknown_task_fails_before_any_model_loads(tiny_cfg, monkeypatch):
-    monkeypatch.setattr(rmu.train, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(rmu.unlearn.recipe, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ConfigError, match=r"harness.tasks=\['wmdp_bioo'\]: lm-eval knows no task or group 'wmdp_bioo'"):
         rmu.train.train(tiny_cfg("harness.tasks=[wmdp_bioo]"))
     with pytest.raises(ConfigError, match="harness.limit=0"):
@@ -75,5 +76,5 @@ def test_unknown_task_fails_before_any_model_loads(tiny_cfg, monkeypatch):
 def test_eval_wmdp_selects_the_published_tasks():
     cfg = make_cfg(["eval=wmdp"])
     assert list(cfg.harness.tasks) == ["wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu"] and not cfg.eval.sets
-    from rmu.harness import unknown_tasks
+    from rmu.evaluation.harness import unknown_tasks
     assert unknown_tasks(list(cfg.harness.tasks)) == []

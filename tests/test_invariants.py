@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from rmu.plan import plan_train
+from rmu.config.plan import plan_train
 from rmu.data import batch_texts, tokenize
-from rmu.models import load_model
-from rmu.train import rmu_step, setup, train
+from rmu.models.loading import load_model
+from rmu.train import train
+from rmu.unlearn.recipe import setup
 from tests.conftest import make_cfg
 
 from tests.reference import ReferenceRMU
@@ -29,7 +30,7 @@ def test_rmu_step_never_touches_the_frozen_values_or_other_weights(tiny_cfg):
     for step in range(3):
         forget = tokenize(tok, batch_texts(plan.forget[0], step, 2), 32, "cpu")
         retain = tokenize(tok, batch_texts(plan.retain[0], step, 2), 32, "cpu")
-        rmu_step(span, run.updater, forget, retain, control, 100.0, True, step)
+        run.step(forget, retain, control, 100.0, step)
     for i, d in span.frozen.items():
         assert all(torch.equal(v, frozen[i][k]) for k, v in d.items())
     after = model.state_dict()

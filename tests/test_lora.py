@@ -9,11 +9,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rmu.errors import ConfigError
-from rmu.plan import plan_train
+from rmu.config.plan import plan_train
 from rmu.data import batch_texts, tokenize
 from tests.reference import layer_output
-from rmu.models import load_model
-from rmu.train import rmu_step, setup, train
+from rmu.models.loading import load_model
+from rmu.train import train
+from rmu.unlearn.recipe import setup
 
 LORA = ["adapter=lora", "adapter.r=4", "optim.lr=1e-2"]
 
@@ -29,7 +30,7 @@ def lora_setup(tiny_cfg, steps=3):
     for step in range(steps):
         forget = tokenize(tok, batch_texts(plan.forget[0], step, 2), 32, "cpu")
         retain = tokenize(tok, batch_texts(plan.retain[0], step, 2), 32, "cpu")
-        rmu_step(span, run.updater, forget, retain, control, 100.0, True, step)
+        run.step(forget, retain, control, 100.0, step)
     batch = tokenize(tok, batch_texts(plan.retain[0], 5, 3), 32, "cpu")
     return cfg, plan, run.peft_model, inner, names, span, base, batch
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from rmu.losses import forget_loss, masked_mse, mean_token_norm, random_directions, retain_loss
+from rmu.unlearn.losses import forget_loss, masked_mse, mean_token_norm, random_directions, retain_loss
 
 
 def hand_mse(x, t, mask=None):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rmu.checks import check_train_values
+from rmu.config.checks import check_train_values
 from rmu.errors import ConfigError
-from rmu.optim import INITIAL_SCALE, Updater
+from rmu.unlearn.optim import INITIAL_SCALE, Updater
 from rmu.train import train
 
 

@@ -18,14 +18,14 @@ def test_wheel_carries_conf_and_corpora_and_composes_from_anywhere(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "rmu/conf/train.yaml" in names and "rmu/conf/experiment/wmdp_reference.yaml" in names
     assert "rmu/corpora/mcq_chem.jsonl" in names
-    assert "rmu/harness_tasks/_rmu_template_yaml" in names and "rmu/harness_tasks/rmu_chem.yaml" in names
+    assert "rmu/evaluation/harness_tasks/_rmu_template_yaml" in names and "rmu/evaluation/harness_tasks/rmu_chem.yaml" in names
     assert "rmu/conf/export.yaml" in names and "rmu/conf/adapter/lora.yaml" in names
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
                    check=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = subprocess.run([sys.executable, "-c", "import rmu.schema, sys; print(rmu.schema.CONF_DIR)"],
+    proc = subprocess.run([sys.executable, "-c", "import rmu.config.schema, sys; print(rmu.config.schema.CONF_DIR)"],
                           cwd=elsewhere, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True)
     assert proc.stdout.strip() == str(site / "rmu" / "conf"), proc.stderr

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from rmu.data import load_texts
-from rmu.optim import ReferenceAdamW
+from rmu.unlearn.optim import ReferenceAdamW
 from tests.conftest import TINY, make_cfg, run_cli
 from tests.reference import wmdp_reference_run
 
@@ -67,7 +67,7 @@ def reference_folder(root: Path) -> tuple[Path, Path, Path]:
     random Llama whose tokenizer truncates on the left, the wikitext-style retain file)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from rmu.models import load_tokenizer
+    from rmu.models.loading import load_tokenizer
     work, model_dir = root / "work", root / "tiny-llama-10l"
     (work / "data").mkdir(parents=True)
     chem = [json.loads(line)["text"] for line in open(BUNDLED / "forget_chem.jsonl")][:40]
@@ -118,7 +118,7 @@ def test_wmdp_reference_run_from_the_reference_layout_matches_the_reference_sema
 
 def test_the_reference_recipe_refuses_what_it_cannot_reproduce(tiny_cfg):
     from rmu.errors import ConfigError
-    from rmu.plan import plan_train
+    from rmu.config.plan import plan_train
 
     with pytest.raises(ConfigError, match="rmu.numerics='reference': computes the reference's unmasked means"):
         plan_train(tiny_cfg("rmu.numerics=reference"))

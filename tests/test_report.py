@@ -47,7 +47,7 @@ def test_results_of_an_older_run_and_a_broken_file(tmp_path):
     import pytest
 
     from rmu.errors import ConfigError
-    from rmu.results import RunResults
+    from rmu.evaluation.results import RunResults
 
     older = {"model": "m", "output_dir": str(tmp_path), "steps": 2, "topics": ["chem"], "steering_coeff": [5.0],
              "alpha": [100.0], "layer_id": 2, "update_layers": [0, 1, 2], "updated_parameters": ["w"],

@@ -78,7 +78,7 @@ def test_tune_picks_the_last_setting_that_unlearns_before_general_falls_below_th
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "robust" / "tune.py"), "--config", str(config),
                            "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    from rmu.results import RunResults
+    from rmu.evaluation.results import RunResults
     runs = [RunResults.read(tmp_path / "runs" / "tune" / "strength" / str(n)) for n in range(3)]
     base = runs[0].eval["general"]["base"]["acc"]
     expected = None

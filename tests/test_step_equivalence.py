@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rmu.plan import plan_train
+from rmu.config.plan import plan_train
 from rmu.data import batch_texts, tokenize
 from tests.reference import layer_output
-from rmu.losses import random_directions
-from rmu.models import load_model
-from rmu.span import LayerSpan
+from rmu.unlearn.losses import random_directions
+from rmu.models.loading import load_model
+from rmu.unlearn.span import LayerSpan
 from rmu.train import train
 from tests.conftest import ROOT, make_cfg
 

@@ -188,7 +188,7 @@ def test_a_two_job_sweep_through_submitit_local(tmp_path):
 def test_the_slurm_launcher_config_composes_onto_submitit():
     from hydra import compose, initialize_config_dir
 
-    from rmu.schema import CONF_DIR
+    from rmu.config.schema import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
@@ -197,4 +197,4 @@ def test_the_slurm_launcher_config_composes_onto_submitit():
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.partition, launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1, 1)
     assert launcher.timeout_min == 240 and launcher.max_num_timeout == 0
-    assert [c._target_ for c in cfg.hydra.callbacks.values()] == ["rmu.sweep.SweepSummary"]
+    assert [c._target_ for c in cfg.hydra.callbacks.values()] == ["rmu.run.sweep.SweepSummary"]

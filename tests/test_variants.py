@@ -1,4 +1,4 @@
-"""The robust variants (rmu/robust.py) on the tiny random model: each stage's formula or
+"""The robust variants (rmu/unlearn/robust.py) on the tiny random model: each stage's formula or
 invariant, that they compose with LoRA, and what is refused."""
 
 import json
@@ -9,16 +9,19 @@ import sys
 import time
 from pathlib import Path
 
+from functools import partial
+
 import pytest
 import torch
 
-from rmu.checks import check_robust_processes
+from rmu.config.checks import check_robust_processes
 from rmu.data import batch_texts, tokenize
 from rmu.errors import ConfigError
-from rmu.losses import forget_loss
-from rmu.plan import plan_train
-from rmu.robust import Robust, agree, collapse, principal_basis, project_to_ball
-from rmu.train import rmu_step, setup, train
+from rmu.unlearn.losses import forget_loss
+from rmu.config.plan import plan_train
+from rmu.unlearn.recipe import setup
+from rmu.unlearn.robust import Robust, agree, collapse, principal_basis, project_to_ball, robust_step
+from rmu.train import train
 
 from tests.conftest import ROOT, TINY, run_cli
 
@@ -30,12 +33,9 @@ def batches(run, step, size=2):
 
 
 def steps(run, n, robust=None, alpha=100.0):
-    control = run.controls[0]
-    records = []
-    for step in range(n):
-        forget, retain = batches(run, step)
-        records.append(rmu_step(run.span, run.updater, forget, retain, control, alpha, True, step, robust=robust))
-    return records
+    """n steps of the run's own step, or of the robust step with the stages `robust`."""
+    step_fn = run.step if robust is None else partial(robust_step, run.span, run.updater, robust, ranks=run.ranks)
+    return [step_fn(*batches(run, step), run.controls[0], alpha, step) for step in range(n)]
 
 
 def updated_values(run):
@@ -47,11 +47,18 @@ def test_all_off_is_no_robust_stage_at_all(tiny_cfg):
     assert setup(tiny_cfg("robust.targets=sample")).robust is not None
 
 
-def test_meta_with_k_0_is_the_plain_step(tiny_cfg):
-    plain, meta = setup(tiny_cfg("optim.lr=1e-2")), setup(tiny_cfg("optim.lr=1e-2", output="b"))
-    steps(plain, 3)
-    steps(meta, 3, robust=Robust(meta.cfg.robust, 0, meta.updated, [], meta.model))  # meta_steps: 0
-    assert all(torch.equal(a, b) for a, b in zip(plain.updated, meta.updated))
+def test_the_robust_step_with_every_stage_off_is_the_plain_step(tiny_cfg):
+    """Two gradients and Updater.apply instead of one backward: the same update (up to the
+    order of a float sum), and it moved the weights."""
+    plain, other = setup(tiny_cfg("optim.lr=1e-2")), setup(tiny_cfg("optim.lr=1e-2", output="b"))
+    start = updated_values(plain)
+    records = steps(plain, 3)
+    robust_records = steps(other, 3, robust=Robust(other.cfg.robust, 0, other.updated, [], other.model, other.ranks))
+    assert any(not torch.equal(a, b) for a, b in zip(start, plain.updated))
+    for a, b in zip(plain.updated, other.updated):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    for r, s in zip(records, robust_records):
+        assert r.keys() == s.keys() and math.isclose(r["forget_loss"], s["forget_loss"], rel_tol=1e-6)
 
 
 def test_the_separate_gradient_path_equals_the_plain_step_when_the_attacker_does_not_move(tiny_cfg):
@@ -62,8 +69,7 @@ def test_the_separate_gradient_path_equals_the_plain_step_when_the_attacker_does
     steps(plain, 3)
     cfg = meta.cfg.robust.copy()
     cfg.meta_steps, cfg.meta_lr = 2, 0.0
-    robust = Robust(cfg, 0, meta.updated, [], meta.model)
-    assert robust.separate
+    robust = Robust(cfg, 0, meta.updated, [], meta.model, meta.ranks)
     steps(meta, 3, robust=robust)
     for a, b in zip(plain.updated, meta.updated):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
@@ -91,8 +97,8 @@ def test_meta_takes_the_forget_gradient_at_the_attacked_point_and_restores_the_t
         assert gap_inside < gap_before  # it pulls the forget activations back toward the frozen model's
     # The update differs from the plain step's (the forget gradient is taken elsewhere).
     forget, retain = batches(run, 1)
-    for r, robust in ((run, run.robust), (plain, None)):
-        rmu_step(r.span, r.updater, forget, retain, r.controls[0], 100.0, True, 1, robust=robust)
+    for r in (run, plain):
+        r.step(forget, retain, r.controls[0], 100.0, 1)
     assert any(not torch.equal(a, b) for a, b in zip(plain.updated, run.updated))
 
 
@@ -120,7 +126,7 @@ def test_masked_entries_never_change_even_with_adam_momentum(tiny_cfg):
 
 def steps_one(run, step):
     forget, retain = batches(run, step)
-    return rmu_step(run.span, run.updater, forget, retain, run.controls[0], 100.0, True, step, robust=run.robust)
+    return run.step(forget, retain, run.controls[0], 100.0, step)
 
 
 def test_the_mask_formula():
@@ -172,11 +178,11 @@ def test_collapse_bases_come_from_the_updated_modules_and_the_step_uses_them(tin
     robust = run.robust
     forget, _ = batches(run, 0)
     calls = run.span.prefix(forget)
-    robust.observe(run.span, calls, run.controls[0], forget["attention_mask"], 0)
+    robust.observe(run.span, run.controls[0], 0, forget=(calls, forget["attention_mask"]), retain=None)
     inter, hidden = run.model.config.intermediate_size, run.model.config.hidden_size
     assert [(q_in.shape, q_out.shape) for q_in, q_out in robust.bases] == [((inter, 4), (hidden, 4))] * 3
     kept = robust.bases
-    robust.observe(run.span, calls, run.controls[0], forget["attention_mask"], 1)  # not a multiple of every=2
+    robust.observe(run.span, run.controls[0], 1, forget=(calls, forget["attention_mask"]), retain=None)  # not a multiple of every=2
     assert robust.bases is kept
     grads, _ = robust.combine([torch.randn(hidden, inter) for _ in range(3)], [torch.zeros(hidden, inter)] * 3)
     for g, (q_in, q_out) in zip(grads, robust.bases):
@@ -191,7 +197,7 @@ def test_latent_perturbation_respects_its_bound_and_raises_the_forget_loss(tiny_
     mask = forget["attention_mask"]
     calls = run.span.prefix(forget)
     perturbed = run.robust.perturb(run.span, calls, run.controls[0], mask)
-    h0, h1 = calls[run.span.first][0][0], perturbed[run.span.first][0][0]
+    h0, h1 = run.span.hidden_in(calls), run.span.hidden_in(perturbed)
     delta = (h1 - h0).float()
     bound = 0.2 * h0.float().norm(dim=-1)
     assert (delta.norm(dim=-1) <= bound * (1 + 1e-5) + 1e-6).all()
@@ -312,7 +318,7 @@ def test_what_the_variants_do_not_cover_is_refused_before_loading(tiny_cfg):
     with pytest.raises(ConfigError, match="model.dtype='float16'"):
         plan_train(tiny_cfg("model.dtype=float16", "robust.mask=true"))
     with pytest.raises(ConfigError, match="robust.meta_lr=0.1: is not used while robust.meta_steps is off"):
-        plan_train(tiny_cfg("robust.meta_lr=0.1"), user_keys={"robust.meta_lr"})
+        plan_train(tiny_cfg("robust.meta_lr=0.1"))
     with pytest.raises(ConfigError, match="linear layers"):
         plan_train(tiny_cfg("robust.collapse_components=2", "rmu.update_params=[post_attention_layernorm.weight]"))
     with pytest.raises(ConfigError, match="one process only"):

@@ -11,7 +11,7 @@ peak RSS on CPU (getrusage) and `torch.cuda.max_memory_allocated` on GPU.
 
 - reference: tests/reference.py, the public code's loop (two full models, full-depth
   forwards, every parameter requiring grad);
-- rmu: `rmu.train.rmu_step`, the trainer's step, wired by `rmu.train.setup`.
+- rmu: `rmu.unlearn.step.rmu_step`, the trainer's step, wired by `rmu.unlearn.recipe.setup`.
 
 Both start from the model `setup` loads (the reference adds its second, frozen copy).
 
@@ -60,19 +60,19 @@ def child(args) -> dict:
     sys.path.insert(0, str(ROOT))
     from hydra import compose, initialize_config_dir
 
-    from rmu.checks import default_update_layers
+    from rmu.config.checks import default_update_layers
     from rmu.data import load_corpus
-    from rmu.losses import random_directions
-    from rmu.models import load_model, read_config
-    from rmu.plan import plan_train
-    from rmu.schema import CONF_DIR
-    from rmu.train import rmu_step, setup
+    from rmu.unlearn.losses import random_directions
+    from rmu.models.loading import load_model, read_config
+    from rmu.config.plan import plan_train
+    from rmu.config.schema import CONF_DIR
+    from rmu.unlearn.recipe import setup
     from tests.reference import ReferenceRMU
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         probe = compose("train", overrides=[f"model={args.model}"])
     layer_id = args.layer if args.layer >= 0 else read_config(probe.model).num_hidden_layers + args.layer
-    # The trainer's own setup (rmu.train.setup) with the reference's hyper-parameters: updated
+    # The trainer's own setup (rmu.unlearn.recipe.setup) with the reference's hyper-parameters: updated
     # tensors = down_proj of ℓ-2..ℓ (the default rule), fixed c, α, lr, eps 1e-6, no weight decay.
     overrides = [f"model={args.model}", f"model.dtype={args.dtype}", f"model.device={args.device}", "eval=none",
                  f"rmu.layer_id={layer_id}", f"rmu.steering_coeff={args.coeff}", f"rmu.alpha={args.alpha}",
@@ -97,7 +97,7 @@ def child(args) -> dict:
         controls = run.controls.to(run.device, model.dtype)  # the same draw: seed 42, ‖c_k‖ = --coeff
 
         def step(i, f, r, k):
-            rec = rmu_step(run.span, run.updater, f, r, controls[k], run.plan.alpha[k], True, i)
+            rec = run.step(f, r, controls[k], run.plan.alpha[k], i)
             return rec["forget_loss"], rec["retain_loss"]
 
     device = next(model.parameters()).device

@@ -64,38 +64,35 @@ def measured_activations(cfg_overrides: list[str]) -> tuple[int, int]:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from rmu import models
+    from rmu.models import loading as models
     from rmu.data import batch_texts, tokenize
-    from rmu.plan import plan_train
-    from rmu.train import setup
+    from rmu.config.plan import plan_train
+    from rmu.unlearn.recipe import setup
     from tests.conftest import make_cfg
 
     cfg = make_cfg(cfg_overrides)
     plan = plan_train(cfg)
     run = setup(cfg)
-    try:
-        bs = cfg.trainer.batch_size
-        forget = tokenize(run.tokenizer, batch_texts(plan.forget[0], 0, bs), plan.forget[0].max_length, "cpu")
-        retain = tokenize(run.tokenizer, batch_texts(plan.retain[0], 0, bs), plan.retain[0].max_length, "cpu")
-        seen: dict[int, int] = {}
+    bs = cfg.trainer.batch_size
+    forget = tokenize(run.tokenizer, batch_texts(plan.forget[0], 0, bs), plan.forget[0].max_length, "cpu")
+    retain = tokenize(run.tokenizer, batch_texts(plan.retain[0], 0, bs), plan.retain[0].max_length, "cpu")
+    seen: dict[int, int] = {}
 
-        def pack(t):
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
 
-        params = {p.untyped_storage().data_ptr() for p in run.model.parameters()}
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            h_f = run.span.run(run.span.prefix(forget))
-            h_r = run.span.run(run.span.prefix(retain))
-        measured = sum(n for ptr, n in seen.items() if ptr not in params)
-        del h_f, h_r
-        config = models.read_config(cfg.model)
-        span = plan.layer_id - min(plan.update_layers) + 1
-        est = per_token_layer(config) * span * bs * (forget["input_ids"].shape[1] + retain["input_ids"].shape[1]) \
-            * WIDTH[cfg.model.dtype]
-        return measured, est
-    finally:
-        run.lock.release()
+    params = {p.untyped_storage().data_ptr() for p in run.model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        h_f = run.span.run(run.span.prefix(forget))
+        h_r = run.span.run(run.span.prefix(retain))
+    measured = sum(n for ptr, n in seen.items() if ptr not in params)
+    del h_f, h_r
+    config = models.read_config(cfg.model)
+    span = plan.layer_id - min(plan.update_layers) + 1
+    est = per_token_layer(config) * span * bs * (forget["input_ids"].shape[1] + retain["input_ids"].shape[1]) \
+        * WIDTH[cfg.model.dtype]
+    return measured, est
 
 
 RECIPES = {  # experiment: (architecture, dtype, batch, forget length, retain length, master weights)
@@ -123,7 +120,7 @@ def recipe_table() -> str:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     sys.path.insert(0, str(ROOT))
-    from rmu.architectures import MLP_OUTPUT
+    from rmu.models.architectures import MLP_OUTPUT
 
     lines = ["| recipe | parameters | weights | updated tensors + AdamW | activations | total |", "|---|---|---|---|---|---|"]
     for name, (kind, fields, batch, f_len, r_len) in RECIPES.items():

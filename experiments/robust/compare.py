@@ -2,7 +2,7 @@
 
     python experiments/robust/compare.py                                  # experiments/robust/recipes.yaml
     python experiments/robust/compare.py --config my_recipes.yaml --out my_dir
-    python experiments/robust/compare.py --launcher slurm                 # each run a SLURM job (rmu/sweep.py)
+    python experiments/robust/compare.py --launcher slurm                 # each run a SLURM job (rmu/run/sweep.py)
 
 For every recipe, the seeds train as one Hydra sweep of `python -m rmu.train` (recipe
 overrides, `seed=<s>`, `output_dir=<work>/<recipe>/seed<s>`), then the trained models are
@@ -36,7 +36,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))  # rmu from this checkout, also when it is not installed
-from rmu.results import RunResults  # noqa: E402
+from rmu.evaluation.results import RunResults  # noqa: E402
 
 
 def load_config(path: Path) -> dict:

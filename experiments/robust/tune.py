@@ -25,7 +25,7 @@ import yaml
 from compare import ROOT, fmt, sweep
 
 sys.path.insert(0, str(ROOT))
-from rmu.results import RunResults  # noqa: E402
+from rmu.evaluation.results import RunResults  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import torch
 
 from rmu.data import tokenize
-from rmu.hooks import decoder_layers
+from rmu.models.hooks import decoder_layers
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ accuracy after the attack, and gap_recovered = (attacked − unlearned) / (base 
 (its control, rmu/attack/control.py) and resistance = attacked − base attacked. The attacks
 (docs/attacks.md) live in probe.py, relearn.py, ablate.py and in_context.py beside this
 file. Every setting, the data and the output folder are checked, and the corpora and sets
-read, before either model loads (rmu/plan.py, plan_attack).
+read, before either model loads (rmu/config/plan.py, plan_attack).
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from rmu.attack.control import ControlCache
 from rmu.attack.in_context import shot_contexts
 from rmu.attack.probe import features, probe_features
 from rmu.attack.relearn import finetune, finetune_checkpoints, qa_texts, split_half
-from rmu.checkpoint import staged_output
-from rmu.lock import OutputLock
-from rmu.cli import run_command
-from rmu.eval import evaluate, score_set
-from rmu.models import load_model
-from rmu.plan import AttackPlan, plan_attack
-from rmu.schema import CONF_DIR
+from rmu.run.checkpoint import staged_output
+from rmu.run.lock import OutputLock
+from rmu.run.cli import run_command
+from rmu.evaluation.mcq import evaluate, score_set
+from rmu.models.loading import load_model
+from rmu.config.plan import AttackPlan, plan_attack
+from rmu.config.schema import CONF_DIR
 
 MIN_GAP = 0.05  # below 5 points between base and unlearned the ratio is noise (retain sets)
 
@@ -276,7 +276,7 @@ def summary_table(rows: list[dict]) -> str:
 def run(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     plan = plan_attack(cfg)  # raises ConfigError / DataError before either model loads
-    with OutputLock(cfg.output_dir):  # one command per output folder (rmu/lock.py)
+    with OutputLock(cfg.output_dir):  # one command per output folder (rmu/run/lock.py)
         return attack(cfg, plan, t0)
 
 

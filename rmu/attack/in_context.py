@@ -10,7 +10,7 @@ correct answer, in front of it, formatted as the evaluation formats them:
     Question: <scored q>
     Answer:
 
-and is scored as usual (rmu/eval.py). The examples are drawn per question with a seeded
+and is scored as usual (rmu/evaluation/mcq.py). The examples are drawn per question with a seeded
 generator, never the scored question itself nor another item with the same question text.
 If the unlearned model answers better with examples in front, the knowledge is still
 reachable by prompting alone.
@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 
 from rmu.data import MCQItem
-from rmu.eval import prompt
+from rmu.evaluation.mcq import prompt
 
 
 def shot_contexts(items: list[MCQItem], k: int, seed: int) -> list[str]:

@@ -16,7 +16,7 @@ import copy
 
 import torch
 
-from rmu.adapters import wrap
+from rmu.models.adapters import wrap
 from rmu.data import MCQItem, tokenize
 
 

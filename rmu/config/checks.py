@@ -1,20 +1,23 @@
 """Checks of config values alone: no file is read, no network, no model.
 
-Every failure names the key, the bad value and what is allowed. rmu/plan.py runs these
+Every failure names the key, the bad value and what is allowed. rmu/config/plan.py runs these
 first, then the checks that need files (corpora, the model's layout, the output folder).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from rmu.config.schema import CONF_DIR
 from rmu.errors import ConfigError
-from rmu.models import DTYPES
+from rmu.models.loading import DTYPES
 
 ATTACKS = ("probe", "finetune", "ablate", "ablate_unlearned", "in_context", "heldout_relearn")
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -39,8 +42,23 @@ def default_update_layers(layer_id: int) -> list[int]:
     return list(range(max(0, layer_id - 2), layer_id + 1))
 
 
+@functools.cache
+def group_defaults(group: str) -> dict:
+    """conf/<group>/default.yaml as plain values: what each key of the group is when no
+    experiment, debug file or override sets it."""
+    return OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / group / "default.yaml"), resolve=True)
+
+
+def set_on_purpose(cfg: DictConfig, key: str) -> bool:
+    """Whether the composed config gives `key` ("rmu.auto_beta") another value than its
+    group's default file: an experiment, a debug file or the command line chose it, so a
+    run that would not use it must say so, wherever it was set."""
+    group, name = key.split(".", 1)
+    return plain(OmegaConf.select(cfg, key)) != group_defaults(group)[name]
+
+
 def check_schema(cfg: DictConfig) -> None:
-    """Keys the schema (rmu/schema.py) does not define, added with `+key=value`, and values
+    """Keys the schema (rmu/config/schema.py) does not define, added with `+key=value`, and values
     the YAML should have given and did not."""
     _unknown_keys(cfg, "")
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -128,7 +146,7 @@ def check_eval(e) -> None:
 
 
 def check_harness(h) -> None:
-    """The harness section's values (rmu/plan.py looks the tasks up in lm-eval)."""
+    """The harness section's values (rmu/config/plan.py looks the tasks up in lm-eval)."""
     if not all(t for t in h.tasks):
         fail("harness.tasks", plain(h.tasks), "must be a list of lm-eval task or group names, e.g. [wmdp_bio,mmlu]")
     check_int("harness.num_fewshot", h.num_fewshot, 0)
@@ -195,8 +213,9 @@ def check_export_target(e, where: str) -> None:
                                        "(or push=false to only prepare the folder)")
 
 
-def check_rmu(r, n_topics: int, user_keys: set[str], adapter: bool) -> dict:
+def check_rmu(cfg: DictConfig, n_topics: int) -> dict:
     """The method's keys; returns the per-topic values (steering None = auto)."""
+    r, adapter = cfg.rmu, cfg.adapter is not None
     layer_id = check_int("rmu.layer_id", r.layer_id, 0)
     update_layers = plain(r.update_layers)
     if update_layers is None:
@@ -205,7 +224,7 @@ def check_rmu(r, n_topics: int, user_keys: set[str], adapter: bool) -> dict:
         fail("rmu.update_layers", update_layers, "must be null or a non-empty list of layer indices")
     if len(set(update_layers)) != len(update_layers):
         fail("rmu.update_layers", update_layers, "lists a layer twice")
-    if adapter and "rmu.update_params" in user_keys:
+    if adapter and set_on_purpose(cfg, "rmu.update_params"):
         fail("rmu.update_params", plain(r.update_params), "is not used with adapter=lora: the adapters go on "
                                                           "adapter.target_modules of rmu.update_layers")
     if not r.update_params or not all(r.update_params):
@@ -221,7 +240,7 @@ def check_rmu(r, n_topics: int, user_keys: set[str], adapter: bool) -> dict:
     auto = r.steering_coeff == "auto"
     steering = None if auto else per_topic("rmu.steering_coeff", r.steering_coeff, n_topics, positive=True)
     check_num("rmu.auto_beta", r.auto_beta, positive=True)
-    if not auto and "rmu.auto_beta" in user_keys:
+    if not auto and set_on_purpose(cfg, "rmu.auto_beta"):
         fail("rmu.auto_beta", r.auto_beta, f"is only used with rmu.steering_coeff=auto (it is "
                                            f"{plain(r.steering_coeff)!r} here)")
     alpha = per_topic("rmu.alpha", r.alpha, n_topics, positive=False)
@@ -229,14 +248,14 @@ def check_rmu(r, n_topics: int, user_keys: set[str], adapter: bool) -> dict:
 
 
 def robust_on(r) -> bool:
-    """Whether any robust stage (rmu/robust.py) is switched on."""
+    """Whether any robust stage (rmu/unlearn/robust.py) is switched on."""
     return bool(r.targets != "topic" or r.lat_eps or r.meta_steps or r.collapse_components or r.normalize or r.mask)
 
 
-def check_robust(r, cfg: DictConfig, user_keys: set[str]) -> None:
-    """The `robust` section: each stage's values, and a stage's settings refused when the
-    command line sets them while the stage is off."""
-    from rmu.robust import META_ATTACKS, SOURCES, TARGETS
+def check_robust(r, cfg: DictConfig) -> None:
+    """The `robust` section: each stage's values, and a stage's settings refused when they
+    are set (away from conf/robust/default.yaml) while the stage is off."""
+    from rmu.unlearn.robust import META_ATTACKS, SOURCES, TARGETS
 
     if r.targets not in TARGETS:
         fail("robust.targets", r.targets, f"allowed: {', '.join(TARGETS)}")
@@ -257,14 +276,14 @@ def check_robust(r, cfg: DictConfig, user_keys: set[str]) -> None:
                             ("collapse_source", "collapse_components", r.collapse_components),
                             ("collapse_every", "collapse_components", r.collapse_components),
                             ("mask_ema", "mask", r.mask)):
-        if f"robust.{key}" in user_keys and not on:
+        if not on and set_on_purpose(cfg, f"robust.{key}"):
             fail(f"robust.{key}", r[key], f"is not used while robust.{switch} is off ({r[switch]!r})")
     if r.collapse_components and cfg.adapter is not None:
         fail("robust.collapse_components", r.collapse_components, "projects full weight gradients; it does not apply "
                                                                   "to LoRA adapters (use adapter=none)")
-    if (r.meta_steps or r.collapse_components or r.normalize or r.mask) and cfg.model.dtype == "float16":
-        fail("model.dtype", "float16", "the robust stages meta_steps, collapse_components, normalize and mask take the "
-                                       "gradients apart, which float16's loss scaling does not allow; use bfloat16")
+    if robust_on(r) and cfg.model.dtype == "float16":
+        fail("model.dtype", "float16", "the robust step takes the forget and retain gradients apart, which float16's "
+                                       "loss scaling does not allow; use bfloat16")
 
 
 def check_robust_processes(r, processes: int, fsdp: bool) -> None:
@@ -277,18 +296,17 @@ def check_robust_processes(r, processes: int, fsdp: bool) -> None:
                                                 "sharded model); use data parallel (experiments/accelerate/multi_gpu.yaml)")
 
 
-def check_train_values(cfg: DictConfig, user_keys: set[str] = frozenset()) -> dict:
-    """Every value of a train config; `user_keys` are the keys the command line set (a key
-    that this run would not use is refused only when the user set it). Returns the
-    values resolved per topic."""
+def check_train_values(cfg: DictConfig) -> dict:
+    """Every value of a train config, and every key it sets that this run would not use.
+    Returns the values resolved per topic."""
     check_schema(cfg)
     check_int("seed", cfg.seed, 0)
     if not cfg.output_dir:
         fail("output_dir", cfg.output_dir, "must be a folder path")
     check_model(cfg.model)
     n = check_data(cfg.data)
-    values = check_rmu(cfg.rmu, n, user_keys, adapter=cfg.adapter is not None)
-    check_robust(cfg.robust, cfg, user_keys)
+    values = check_rmu(cfg, n)
+    check_robust(cfg.robust, cfg)
     o, t = cfg.optim, cfg.trainer
     check_num("optim.lr", o.lr, positive=True)
     check_num("optim.weight_decay", o.weight_decay)
@@ -329,7 +347,7 @@ def check_train_values(cfg: DictConfig, user_keys: set[str] = frozenset()) -> di
 
 
 def check_fsdp(cfg: DictConfig) -> None:
-    """What FSDP (rmu/fsdp.py) does not cover; checked before the model loads."""
+    """What FSDP (rmu/run/fsdp.py) does not cover; checked before the model loads."""
     if cfg.adapter is not None:
         fail("adapter", "lora", "LoRA is not supported under FSDP; use adapter=none")
     if cfg.harness.tasks:
@@ -387,13 +405,3 @@ def check_attack_values(cfg: DictConfig) -> None:
         check_num("attack.heldout_relearn.lr", h.lr, positive=True)
         for key in ("steps", "batch_size", "max_length", "lora_r"):
             check_int(f"attack.heldout_relearn.{key}", h[key], 1)
-
-
-def command_line_keys() -> set[str]:
-    """The keys this command's overrides set (`rmu.alpha=5` → rmu.alpha); empty outside a
-    Hydra command (tests composing a config themselves)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return set()
-    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}

@@ -3,7 +3,7 @@ afterwards (the report, the model card, the sweep summary, the tracker, the atta
 and its one before/after table.
 
     eval: {set: {"role": "forget"|"retain", "base": scores, "unlearned": scores}}
-    scores: {"acc", "acc_norm", "chance", "n"}               (rmu/eval.py, score_set)
+    scores: {"acc", "acc_norm", "chance", "n"}               (rmu/evaluation/mcq.py, score_set)
     harness: {"setup", "base_model", "base": {task: metrics}, "unlearned": {task: metrics}} or absent
 """
 
@@ -38,6 +38,9 @@ class RunResults:
     eval: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # load, eval_before, train, eval_after, save, total
     harness: dict | None = None
+    optimizer: str | None = None  # optim.name (runs written before this field lack it)
+    numerics: str | None = None  # rmu.numerics: float32 losses and controls, or the reference's dtype
+    robust: dict | None = None  # the robust stages the step ran, with their settings; absent for the plain step
 
     @classmethod
     def read(cls, folder: str | Path) -> "RunResults":

@@ -3,7 +3,7 @@ with Hydra's ConfigStore and named first in each command's defaults list (conf/*
 
 The YAML files under conf/ hold the values and say what each one means; these classes
 say which keys exist and of what type. Hydra rejects a wrong type or an unknown key at
-composition; `+key=value` bypasses that, so `check_schema` (rmu/checks.py) walks the
+composition; `+key=value` bypasses that, so `check_schema` (rmu/config/checks.py) walks the
 composed config against these classes too. `MISSING` marks a value the YAML must give.
 """
 
@@ -18,8 +18,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 # From a checkout the tree is the top-level conf/; an installed wheel carries it as rmu/conf.
-_PACKAGED = Path(__file__).parent / "conf"
-CONF_DIR = str(_PACKAGED if _PACKAGED.is_dir() else Path(__file__).parent.parent / "conf")
+_PACKAGED = Path(__file__).parents[1] / "conf"
+CONF_DIR = str(_PACKAGED if _PACKAGED.is_dir() else Path(__file__).parents[2] / "conf")
 
 
 @dataclass

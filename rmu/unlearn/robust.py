@@ -1,7 +1,5 @@
-"""Robust variants of the RMU step: the stages `rmu_step` (rmu/train.py) adds when the
-`robust` section asks for them. All off (conf/robust/default.yaml) is the plain step.
-
-In the order the step runs them:
+"""The robust RMU step: the plain step (rmu/unlearn/step.py) with the robust variants'
+stages, chosen by the `robust` config section. `robust_step` runs them in this order:
 
 1. **targets** (`robust.targets`). Plain RMU steers every forget token of topic k toward
    one fixed vector c_k·u_k; that shared direction is exactly what a mean-difference
@@ -15,28 +13,29 @@ In the order the step runs them:
    perturbation δ of the hidden state entering the updated span, ‖δ_t‖ ≤ ε·‖h_t‖, found
    by `lat_steps` steps of normalised gradient ascent on the forget loss (the adversary
    undoes the unlearning in the latent space); the forget loss is then taken with δ.
-3. **meta-unlearning** (`robust.meta_steps` = k; MUDMAN's meta-learning, a light TAR). The
+3. **collapse bases** (`robust.collapse_components` = r; CIR, Sondej & Yang 2025). For
+   each updated weight W (d_out × d_in), Q_in is an orthonormal basis of the mean and top
+   r principal components of W's inputs, Q_out the same of the gradients at W's output
+   (of the forget loss, on `collapse_source` text), recomputed every `collapse_every` steps.
+4. **meta-unlearning** (`robust.meta_steps` = k; MUDMAN's meta-learning, a light TAR). The
    updated tensors are forked, a relearning attacker takes k signed-gradient steps (AdamW's
-   first steps) on the forget batch
-   (`meta_attack`: next-token loss, or pulling h_ℓ back to the frozen model's), the forget
-   gradient is taken at that point, and the tensors are restored before the update: the
-   step unlearns what k steps of relearning would bring back. k = 0 is the plain step.
-4. **collapse** (`robust.collapse_components` = r; CIR, Sondej & Yang 2025). For each
-   updated weight W (d_out × d_in), Q_in is an orthonormal basis of the mean and top r
-   principal components of W's inputs, Q_out the same of the gradients at W's output
-   (of the forget loss, on `collapse_source` text, recomputed every `collapse_every`
-   steps). The forget gradient becomes (I − Q_out Q_outᵀ) ∇W (I − Q_in Q_inᵀ): the update
-   no longer moves the directions that text shares across tokens, only the specific ones.
-5. **normalise** (`robust.normalize`; MUDMAN). Each tensor's forget gradient is rescaled
+   first steps) on the forget batch (`meta_attack`: next-token loss, or pulling h_ℓ back
+   to the frozen model's), the forget gradient is taken at that point, and the tensors
+   are restored: the step unlearns what k steps of relearning would bring back. Without
+   it the forget gradient is taken at the current tensors.
+5. **retain gradient**, at the current tensors, as in the plain step.
+6. **collapse**: the forget gradient becomes (I − Q_out Q_outᵀ) ∇W (I − Q_in Q_inᵀ): the
+   update no longer moves the directions that text shares across tokens.
+7. **normalise** (`robust.normalize`; MUDMAN). Each tensor's forget gradient is rescaled
    to the norm that tensor's forget gradient had at the run's first step.
-6. **mask** (`robust.mask`; MUDMAN's disruption masking). The combined gradient
+8. **mask** (`robust.mask`; MUDMAN's disruption masking). The combined gradient
    g_f + α·g_r is kept only at entries where the forget gradient and the retain gradient
    (or its running mean, `mask_ema`) agree in sign, or the retain gradient is zero (it is
    zero everywhere at the start, when the updated model still equals the frozen one).
    The other entries do not move at all this step, not even by AdamW's momentum.
 
-Stages 3–6 need the forget and the retain gradient apart, so with any of them the step
-takes two gradients instead of one backward of the summed loss.
+The step always takes the forget and the retain gradient apart (stages 4–8 need them
+apart), then one AdamW step on their combination.
 """
 
 from __future__ import annotations
@@ -47,19 +46,62 @@ import torch
 from torch import nn
 
 from rmu.errors import ConfigError
-from rmu.losses import forget_loss, retain_loss
+from rmu.run.distributed import Ranks
+from rmu.unlearn.losses import forget_loss, retain_loss
+from rmu.unlearn.optim import Updater
+from rmu.unlearn.span import LayerSpan
+from rmu.unlearn.step import averaged, finite_totals, padding_masks, step_record
 
 TARGETS = ("topic", "sample", "token", "token_id")
 META_ATTACKS = ("lm", "activations")
 SOURCES = ("forget", "retain")
 
 
+def robust_step(span: LayerSpan, updater: Updater, robust: Robust, forget: dict, retain: dict,
+                control: torch.Tensor, alpha: float, step: int, ranks: Ranks, mask_padding: bool = True,
+                model_dtype_loss: bool = False) -> dict:
+    """One robust RMU update: the plain step's losses (rmu/unlearn/step.py), with the
+    stages of this module's docstring in its order. metrics.jsonl's row describes the
+    model being trained (with meta-unlearning, not the attacker's point)."""
+    forget_mask, retain_mask = padding_masks(forget, retain, mask_padding)
+    forget_share = ranks.share(averaged(forget, mask_padding))
+    with torch.no_grad():
+        forget_in, retain_in = span.prefix(forget), span.prefix(retain)
+    control = robust.targets(control, forget, step)  # 1: a direction per text, token or token id
+    forget_in = robust.perturb(span, forget_in, control, forget_mask)  # 2: the latent adversary's δ
+    robust.observe(span, control, step, forget=(forget_in, forget_mask), retain=(retain_in, retain_mask))  # 3
+
+    def loss_forget_of(h):
+        return forget_share * forget_loss(h, control, forget_mask, model_dtype_loss)
+
+    with robust.relearned(span, forget, forget_in, forget_mask):  # 4: at the attacker's point when meta_steps
+        g_forget = torch.autograd.grad(loss_forget_of(span.run(forget_in)), updater.params)
+    with torch.no_grad():  # what the model being trained does on the forget batch (metrics.jsonl)
+        h_forget = span.run(forget_in)
+        loss_forget = loss_forget_of(h_forget)
+
+    h_retain = span.run(retain_in)  # 5: the retain gradient, as in the plain step
+    with torch.no_grad():
+        h_frozen = span.run(retain_in, frozen=True)
+    loss_retain = ranks.share(averaged(retain, mask_padding)) * retain_loss(h_retain, h_frozen, retain_mask,
+                                                                            model_dtype_loss)
+    g_retain = torch.autograd.grad(alpha * loss_retain, updater.params)
+    totals = finite_totals(ranks, step, alpha, loss_forget + alpha * loss_retain.detach(), loss_forget, loss_retain)
+
+    grads, keep = robust.combine(robust.total(g_forget), robust.total(g_retain))  # 6-8: collapse, normalise, mask
+    record = step_record(step, totals, updater.apply(grads, keep), (h_forget, control, forget_mask),
+                         (h_retain, h_frozen, retain_mask))
+    if keep is not None:  # the share of entries the disruption mask let move
+        record["mask_kept"] = sum(k.sum().item() for k in keep) / sum(k.numel() for k in keep)
+    return record
+
+
 class Robust:
     """The `robust` config section as stages, with the state they carry between steps
     (the retain-gradient mean, the first step's norms, the collapse bases), which goes
-    into the resume state (rmu/resume.py)."""
+    into the resume state (rmu/run/resume.py)."""
 
-    def __init__(self, cfg, seed: int, updated: list[torch.Tensor], names: list[str], model: nn.Module, ranks=None):
+    def __init__(self, cfg, seed: int, updated: list[torch.Tensor], names: list[str], model: nn.Module, ranks: Ranks):
         self.cfg, self.seed, self.ranks = cfg, seed, ranks
         self.updated = updated
         modules = dict(model.named_modules())
@@ -77,12 +119,6 @@ class Robust:
             table = torch.randn(vocab, hidden, generator=torch.Generator().manual_seed(seed))
             self.table = table / table.norm(dim=-1, keepdim=True)
 
-    @property
-    def separate(self) -> bool:
-        """Whether the step needs the forget and the retain gradient apart."""
-        c = self.cfg
-        return bool(c.meta_steps or c.collapse_components or c.normalize or c.mask)
-
     # 1. targets
     def targets(self, control: torch.Tensor, batch: dict, step: int) -> torch.Tensor:
         """The control for each forget text (B, 1, D) or token (B, T, D), or `control` (D,)
@@ -95,7 +131,7 @@ class Robust:
             self.table = self.table.to(control.device)
             return (self.table[batch["input_ids"]] * control.float().norm()).to(control.dtype)
         b, t = batch["input_ids"].shape
-        size, rank = (self.ranks.size, self.ranks.rank) if self.ranks else (1, 0)
+        size, rank = self.ranks.size, self.ranks.rank
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         shape = (b * size, 1 if kind == "sample" else t, control.shape[-1])
         u = torch.randn(shape, generator=gen)[rank * b:(rank + 1) * b]
@@ -108,22 +144,22 @@ class Robust:
         eps = self.cfg.lat_eps
         if not eps:
             return calls
-        h0 = calls[span.first][0][0].detach()  # (B, T, D): what enters the first updated layer
+        h0 = span.hidden_in(calls).detach()  # (B, T, D): what enters the first updated layer
         radius = eps * h0.float().norm(dim=-1, keepdim=True)  # (B, T, 1)
         step_size = 2.5 * radius / self.cfg.lat_steps  # the usual PGD step: the ball's edge in a few steps
         delta = torch.zeros_like(h0, dtype=torch.float32)
         for _ in range(self.cfg.lat_steps):
             delta.requires_grad_(True)
-            loss = forget_loss(span.run(with_hidden(calls, span.first, h0 + delta.to(h0.dtype))), control, mask)
+            loss = forget_loss(span.run(span.with_hidden(calls, h0 + delta.to(h0.dtype))), control, mask)
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
                 delta = delta + step_size * grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
                 delta = project_to_ball(delta, radius)
                 if mask is not None:
                     delta = delta * mask.unsqueeze(-1).to(delta.dtype)  # padding is left alone
-        return with_hidden(calls, span.first, h0 + delta.detach().to(h0.dtype))
+        return span.with_hidden(calls, h0 + delta.detach().to(h0.dtype))
 
-    # 3. meta-unlearning
+    # 4. meta-unlearning
     @contextmanager
     def relearned(self, span, batch: dict, calls: dict, mask: torch.Tensor | None):
         """Inside: the updated tensors where k signed-gradient steps of the attacker's loss on the forget
@@ -138,8 +174,7 @@ class Robust:
         if self.cfg.meta_attack == "activations":
             with torch.no_grad():
                 h_frozen = span.run(calls, frozen=True)
-            share = self.ranks.share(mask if mask is not None else torch.ones_like(batch["input_ids"])) \
-                if self.ranks is not None else 1.0  # this rank's part of the global mean
+            share = self.ranks.share(mask if mask is not None else torch.ones_like(batch["input_ids"]))
             attacker_loss = lambda: share * retain_loss(span.run(calls), h_frozen, mask)  # noqa: E731
         else:
             attacker_loss = lambda: next_token_loss(span.model, batch, self.ranks)  # noqa: E731
@@ -156,12 +191,14 @@ class Robust:
                 for p, v in zip(self.updated, saved):
                     p.copy_(v)
 
-    # 4. collapse: the bases
-    def observe(self, span, calls: dict, control: torch.Tensor, mask: torch.Tensor | None, step: int) -> None:
-        """Recompute the collapse bases from this batch every `collapse_every` steps."""
+    # 3. collapse: the bases
+    def observe(self, span, control: torch.Tensor, step: int, forget: tuple, retain: tuple) -> None:
+        """Recompute the collapse bases every `collapse_every` steps, from the span's input
+        and mask of this step's `collapse_source` batch (`forget` or `retain`)."""
         r = self.cfg.collapse_components
         if not r or (self.bases is not None and step % self.cfg.collapse_every):
             return
+        calls, mask = forget if self.cfg.collapse_source == "forget" else retain
         inputs, outputs = [], []
 
         def record(module, args, out):  # returns None: the output goes on unchanged
@@ -180,7 +217,7 @@ class Robust:
                        principal_basis(g.reshape(-1, g.shape[-1])[keep].float(), r))
                       for x, g in zip(inputs, out_grads)]
 
-    # 4.–6. the update
+    # 6.-8. the update
     def combine(self, g_forget: list[torch.Tensor], g_retain: list[torch.Tensor]):
         """(gradients for the optimizer, entries allowed to move or None) from the forget
         gradient and the α-weighted retain gradient, both already summed over ranks."""
@@ -204,8 +241,7 @@ class Robust:
 
     def total(self, tensors) -> list[torch.Tensor]:
         """Each tensor summed over ranks (as it is on one process)."""
-        return [self.ranks.total(t) for t in tensors] if self.ranks is not None and self.ranks.size > 1 else \
-            [t.detach() for t in tensors]
+        return [self.ranks.total(t) for t in tensors]
 
     def state_dict(self) -> dict:
         return {"retain_mean": self.retain_mean, "first_norms": self.first_norms, "bases": self.bases}
@@ -214,28 +250,20 @@ class Robust:
         self.retain_mean, self.first_norms, self.bases = state["retain_mean"], state["first_norms"], state["bases"]
 
 
-def with_hidden(calls: dict, first: int, h: torch.Tensor) -> dict:
-    """The span's call arguments with another hidden state entering layer `first`."""
-    args, kwargs = calls[first]
-    return {**calls, first: ((h, *args[1:]), kwargs)}
-
-
 def project_to_ball(delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     """Each token's δ_t scaled down onto ‖δ_t‖ ≤ radius_t where it lies outside."""
     norm = delta.norm(dim=-1, keepdim=True)
     return delta * torch.clamp(radius / norm.clamp_min(1e-12), max=1.0)
 
 
-def next_token_loss(model: nn.Module, batch: dict, ranks=None) -> torch.Tensor:
+def next_token_loss(model: nn.Module, batch: dict, ranks: Ranks) -> torch.Tensor:
     """Mean next-token cross-entropy over the batch's real tokens (this rank's share of the
     global mean under several processes): the relearning attacker's loss."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     targets = batch["input_ids"][:, 1:]
     real = batch["attention_mask"][:, 1:] * batch["attention_mask"][:, :-1]  # both ends of each pair are text
     ce = nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), reduction="none")
-    total = real.sum().float()
-    if ranks is not None and ranks.size > 1:
-        total = ranks.total(total)
+    total = ranks.total(real.sum().float())
     return (ce * real.flatten()).sum() / total
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rmu.hooks import decoder_layers
+from rmu.models.hooks import decoder_layers
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -34,7 +34,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rmu.results import RunResults
+from rmu.evaluation.results import RunResults
 
 
 def in_sweep() -> bool:

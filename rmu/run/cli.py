@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import sys
 
-from rmu.checkpoint import os_error_message
-from rmu.distributed import ranks_from_slurm
+from rmu.run.checkpoint import os_error_message
+from rmu.run.distributed import ranks_from_slurm
 from rmu.errors import Preempted, RmuError
-from rmu.sweep import in_sweep, job_output_dir
+from rmu.run.sweep import in_sweep, job_output_dir
 
 
 def quiet_progress_bars() -> None:
@@ -37,7 +37,7 @@ def quiet_progress_bars() -> None:
 
 def run_command(fn, cfg):
     if getattr(cfg, "output_dir", None) is not None:  # export's null output_dir means <checkpoint>-hub: kept
-        job_output_dir(cfg)  # in a -m sweep: <hydra.sweep.dir>/<job number> (rmu/sweep.py)
+        job_output_dir(cfg)  # in a -m sweep: <hydra.sweep.dir>/<job number> (rmu/run/sweep.py)
     ranks_from_slurm()  # a SLURM job of several tasks: one rank per task
     quiet_progress_bars()
     try:

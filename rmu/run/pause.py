@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-signalled = False  # set by rmu.resume.Preemption's handler
+signalled = False  # set by rmu.run.resume.Preemption's handler
 
 
 def pause_point(name: str) -> None:

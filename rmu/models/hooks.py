@@ -2,7 +2,7 @@
 
 RMU's losses only read the hidden state after decoder layer ℓ, so nothing after ℓ
 (later layers, final norm, LM head, logits) needs to run. A hook raises `StopForward`
-once it has what it needs (rmu/span.py); the autograd graph up to that point is intact
+once it has what it needs (rmu/unlearn/span.py); the autograd graph up to that point is intact
 because the tensors were already computed when the exception unwinds the call stack.
 """
 
@@ -14,7 +14,7 @@ from rmu.errors import ConfigError
 
 
 class StopForward(Exception):
-    """Raised by a forward hook to end a pass once it has what it needs (rmu/span.py)."""
+    """Raised by a forward hook to end a pass once it has what it needs (rmu/unlearn/span.py)."""
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from rmu.results import COLUMNS, RunResults
+from rmu.evaluation.results import COLUMNS, RunResults
 
 
 class Tracker:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from rmu.hooks import StopForward, decoder_layers
+from rmu.models.hooks import StopForward, decoder_layers
 
 
 class LayerSpan:
@@ -90,6 +90,16 @@ class LayerSpan:
             for h in handles:
                 h.remove()
         return calls
+
+    def hidden_in(self, calls: dict[int, tuple[tuple, dict]]) -> torch.Tensor:
+        """The hidden state entering the first span layer (B, T, D), from `prefix`'s output."""
+        return calls[self.first][0][0]
+
+    def with_hidden(self, calls: dict[int, tuple[tuple, dict]], h: torch.Tensor) -> dict[int, tuple[tuple, dict]]:
+        """`prefix`'s output with another hidden state `h` entering the first span layer
+        (the latent adversary's perturbed input); the other call arguments are shared."""
+        args, kwargs = calls[self.first]
+        return {**calls, self.first: ((h, *args[1:]), kwargs)}
 
     def run(self, calls: dict[int, tuple[tuple, dict]], frozen: bool = False) -> torch.Tensor:
         """h_ℓ, shape (B, T, D), from the prefix output: current weights (differentiable), or

@@ -7,7 +7,7 @@ sharded over the ranks with torch's FSDP2 (`fully_shard`); each is gathered for 
 forward and freed after it. The span first..ℓ (trained, and run a second time with the
 original values for the frozen pass) and the embeddings, final norm and head stay whole
 on every rank, so the step, its frozen pass and the gradient sum are the same as in plain
-data parallel (rmu/distributed.py). Every rank joins the evaluation forwards and the
+data parallel (rmu/run/distributed.py). Every rank joins the evaluation forwards and the
 gather of the full weights for the checkpoint.
 """
 
@@ -20,8 +20,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from rmu.hooks import decoder_layers
-from rmu.models import empty_model, load_model, load_tokenizer
+from rmu.models.hooks import decoder_layers
+from rmu.models.loading import empty_model, load_model, load_tokenizer
 
 
 def load_sharded(ranks, mcfg, seed: int, keep: range):

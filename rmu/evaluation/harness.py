@@ -3,7 +3,7 @@
 The field reports RMU with lm-eval's zero-shot `wmdp_bio`, `wmdp_cyber`, `wmdp_chem` and
 `mmlu` (and its subsets). `harness.tasks` names any lm-eval task or group; the bundled
 sets are lm-eval tasks too (`rmu_chem`, `rmu_astro`, `rmu_general`, group `rmu_bundled`;
-YAMLs in rmu/harness_tasks, local data), scored like the built-in evaluator.
+YAMLs in rmu/evaluation/harness_tasks, local data), scored like the built-in evaluator.
 
 Results carry what reproducing them needs: the lm-eval version, every task's version and
 few-shot count, the batch size, the limit, and the model's path and revision.

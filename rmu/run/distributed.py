@@ -19,7 +19,7 @@ Decisions that end a run are taken by all ranks together, so that no rank waits 
 in a collective for one that has stopped: the non-finite-loss check reads losses summed
 over ranks (the same number everywhere), SIGTERM is reduced into one flag, and what only
 rank 0 does (evaluate, write) goes through `on_main`, which hands its failure to every
-rank. FSDP loading is in rmu/fsdp.py.
+rank. FSDP loading is in rmu/run/fsdp.py.
 """
 
 from __future__ import annotations

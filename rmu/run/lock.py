@@ -78,9 +78,6 @@ class OutputLock:
                 if owner == {} and time.time() - self.path.stat().st_mtime < 10:
                     time.sleep(0.5)  # another run is writing its lock right now: look again
                     continue
-                if owner and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
-                    self.taken = True  # this process holds it already (a second setup in one session)
-                    return None
                 if owner and _alive(owner):
                     raise OutputError(
                         f"output_dir={self.output_dir} is in use by another run (host {owner.get('host')}, pid "

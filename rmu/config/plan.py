@@ -16,11 +16,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from rmu import data as data_mod
-from rmu import models
-from rmu import architectures
-from rmu.checkpoint import check_output_dir, check_writable
-from rmu.checks import check_attack_values, check_train_values, command_line_keys, fail, plain
-from rmu.results import RunResults
+from rmu.models import loading as models
+from rmu.models import architectures
+from rmu.run.checkpoint import check_output_dir, check_writable
+from rmu.config.checks import check_attack_values, check_train_values, fail, plain
+from rmu.evaluation.results import RunResults
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Plan:
     layer_id: int
     update_layers: list[int]
     update_names: list[str]  # full parameter names, e.g. model.layers.5.mlp.down_proj.weight
-    lora_targets: list[str] | None  # adapter=lora: peft target_modules, `auto` resolved (rmu/architectures.py)
+    lora_targets: list[str] | None  # adapter=lora: peft target_modules, `auto` resolved (rmu/models/architectures.py)
     lora_parameters: list[str] | None  # adapter=lora: fused expert tensors (relative to a layer), peft target_parameters
     layers_prefix: str  # where the decoder layers are, e.g. model.layers (GPT-2: transformer.h)
     steering_coeff: list[float] | None  # None: auto, measured on the first forget batch
@@ -83,7 +83,7 @@ def look_up_harness_tasks(h) -> None:
     if not tasks:
         return
     try:
-        from rmu.harness import unknown_tasks
+        from rmu.evaluation.harness import unknown_tasks
         unknown = unknown_tasks(tasks)
     except ImportError:
         fail("harness.tasks", tasks, "needs lm-evaluation-harness: pip install 'rmu[eval]'")
@@ -111,7 +111,7 @@ def update_names(cfg: DictConfig, config, layer_id: int, update_layers: list[int
     """(full names of the tensors a step updates (LoRA: the weights merging changes), checked
     against the model's layout; {every parameter's name: its number of elements}; LoRA's
     target modules; the decoder layers' prefix). `auto` entries are resolved by
-    architecture (rmu/architectures.py)."""
+    architecture (rmu/models/architectures.py)."""
     n_layers = config.num_hidden_layers
     if layer_id >= n_layers:
         fail("rmu.layer_id", layer_id, f"must be in 0..{n_layers - 1} (the model has {n_layers} decoder layers)")
@@ -168,10 +168,10 @@ def check_experts(cfg: DictConfig, config, names: list[str]) -> None:
         fail("rmu.experts", experts, f"must be expert indices in 0..{n - 1} (the model has {n} routed experts)")
 
 
-def plan_train(cfg: DictConfig, user_keys: set[str] | None = None) -> Plan:
+def plan_train(cfg: DictConfig) -> Plan:
     """Everything that can be checked without loading weights, in the order a user would
     want to hear about it: keys and values, the output folder, the data, the model layout."""
-    v = check_train_values(cfg, command_line_keys() if user_keys is None else user_keys)
+    v = check_train_values(cfg)
     eval_sets = load_eval_sets(cfg.eval)
     look_up_harness_tasks(cfg.harness)
     check_output_dir(cfg.output_dir, cfg.overwrite, protected=(cfg.model.path,))

@@ -62,7 +62,7 @@ class Updater:
     def __init__(self, params: list[torch.Tensor], lr: float, betas, eps: float, weight_decay: float,
                  master_weights: bool, ranks=None, reference: bool = False):
         self.params = params
-        self.ranks = ranks  # several processes: gradients are summed over them (rmu/distributed.py)
+        self.ranks = ranks  # several processes: gradients are summed over them (rmu/run/distributed.py)
         half = params[0].dtype in (torch.bfloat16, torch.float16)
         self.masters = ([p.detach().float().clone().requires_grad_(True) for p in params]
                         if half and master_weights else None)
@@ -118,9 +118,9 @@ class Updater:
 
     def apply(self, grads: list[torch.Tensor], keep: list[torch.Tensor] | None = None) -> bool:
         """One AdamW step with gradients computed elsewhere (already summed over ranks: the
-        robust stages, rmu/robust.py). Entries where `keep` is False end the step where they
+        robust stages, rmu/unlearn/robust.py). Entries where `keep` is False end the step where they
         began, whatever AdamW's momentum or weight decay would do to them. Not for float16,
-        whose loss scaling needs the backward (rmu/checks.py refuses that combination)."""
+        whose loss scaling needs the backward (rmu/config/checks.py refuses that combination)."""
         targets = self.masters or self.params
         self._finite_or_stop(grads, "a gradient is")
         before = [t.detach().clone() for t in targets] if keep is not None else None

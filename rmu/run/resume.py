@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from rmu import pause
-from rmu.checkpoint import os_error_message
+from rmu.run import pause
+from rmu.run.checkpoint import os_error_message
 from rmu.errors import OutputError, ResumeError, TrainingError
-from rmu.lock import held
+from rmu.run.lock import held
 
 FORMAT = 2
 # Keys that may differ between the interrupted and the resumed run; output_dir is where
@@ -194,7 +194,7 @@ class Resume:
                     m.copy_(v)
         updater.optimizer.load_state_dict(state["optimizer"])
         updater.scale, updater.good_steps = state["scale"], state["good_steps"]
-        if robust is not None:  # the robust stages' running values (rmu/robust.py)
+        if robust is not None:  # the robust stages' running values (rmu/unlearn/robust.py)
             robust.load_state_dict(state["robust"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from rmu.errors import ConfigError, OutputError
-from rmu.pause import pause_point
+from rmu.run.pause import pause_point
 
 MARKER = ".rmu-output.json"
 GIB = 2 ** 30
