@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 from rmu.errors import ConfigError
 from rmu.config.plan import plan_train
 from rmu.unlearn.recipe import fit, setup, write_run
-from tests.reference import layer_output
+from rmu.unlearn.reference_loop import layer_output
 
 LLAMA_LIKE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2)

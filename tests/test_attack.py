@@ -14,7 +14,7 @@ from rmu.attack.probe import features, fit_and_score, probe_features
 from rmu.data import MCQItem, load_corpus, load_mcq, tokenize
 from rmu.models.loading import load_model
 from tests.conftest import ROOT, TINY, make_cfg, run_cli
-from tests.reference import layer_output
+from rmu.unlearn.reference_loop import layer_output
 
 SMALL = ["model=tiny_random", "model.arch=null", "model@base=tiny_random", "eval.batch_size=32",
          "eval.sets=[{name: chem, path: 'bundled:mcq_chem.jsonl', role: forget},"

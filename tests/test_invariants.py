@@ -14,7 +14,7 @@ from rmu.train import train
 from rmu.unlearn.recipe import setup
 from tests.conftest import make_cfg
 
-from tests.reference import ReferenceRMU
+from rmu.unlearn.reference_loop import ReferenceRMU
 
 
 def weights(folder) -> dict[str, torch.Tensor]:
@@ -75,7 +75,7 @@ def test_auto_steering_coefficient_is_beta_times_measured_norm(tiny_cfg):
 
 
 def reference_rmu(cfg, steps):
-    """The public code's loop (tests/reference.py) fed the way the public code
+    """The public code's loop (rmu/unlearn/reference_loop.py) fed the way the public code
     reads its data: consecutive batches of raw lines, left padding, fixed c per topic."""
     model, tok = load_model(cfg.model, cfg.seed)
     frozen, _ = load_model(cfg.model, cfg.seed)

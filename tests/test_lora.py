@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from rmu.errors import ConfigError
 from rmu.config.plan import plan_train
 from rmu.data import batch_texts, tokenize
-from tests.reference import layer_output
+from rmu.unlearn.reference_loop import layer_output
 from rmu.models.loading import load_model
 from rmu.train import train
 from rmu.unlearn.recipe import setup

@@ -1,6 +1,6 @@
 """`experiment=wmdp_reference` is the WMDP reference code: its optimizer, its data reading
 and its loop, checked against an independent implementation of those semantics
-(tests/reference.py) on fixture files laid out as the reference's README asks."""
+(rmu/unlearn/reference_loop.py) on fixture files laid out as the reference's README asks."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from rmu.data import load_texts
 from rmu.unlearn.optim import ReferenceAdamW
 from tests.conftest import TINY, make_cfg, run_cli
-from tests.reference import wmdp_reference_run
+from rmu.unlearn.reference_loop import wmdp_reference_run
 
 BUNDLED = Path(__file__).resolve().parents[1] / "rmu" / "corpora"
 

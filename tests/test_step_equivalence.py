@@ -12,14 +12,14 @@ from safetensors.torch import load_file
 
 from rmu.config.plan import plan_train
 from rmu.data import batch_texts, tokenize
-from tests.reference import layer_output
+from rmu.unlearn.reference_loop import layer_output
 from rmu.unlearn.losses import random_directions
 from rmu.models.loading import load_model
 from rmu.unlearn.span import LayerSpan
 from rmu.train import train
 from tests.conftest import ROOT, make_cfg
 
-from tests.reference import ReferenceRMU
+from rmu.unlearn.reference_loop import ReferenceRMU
 
 STEPS = 4  # two per topic
 

@@ -9,7 +9,7 @@ model, trains `--warmup` + `--steps` steps on the same token batches with the sa
 control vectors, and reports every step's time and losses. Peak memory is the child's
 peak RSS on CPU (getrusage) and `torch.cuda.max_memory_allocated` on GPU.
 
-- reference: tests/reference.py, the public code's loop (two full models, full-depth
+- reference: rmu/unlearn/reference_loop.py, the public code's loop (two full models, full-depth
   forwards, every parameter requiring grad);
 - rmu: `rmu.unlearn.step.rmu_step`, the trainer's step, wired by `rmu.unlearn.recipe.setup`.
 
@@ -67,7 +67,7 @@ def child(args) -> dict:
     from rmu.config.plan import plan_train
     from rmu.config.schema import CONF_DIR
     from rmu.unlearn.recipe import setup
-    from tests.reference import ReferenceRMU
+    from rmu.unlearn.reference_loop import ReferenceRMU
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         probe = compose("train", overrides=[f"model={args.model}"])

@@ -1,5 +1,7 @@
-"""Test oracles: RMU the way the public WMDP code does it, written plainly (the baseline
-of the equivalence tests and of `make bench`), and a layer's output read the plain way.
+"""The public reference code's loop, written independently: RMU the way the public WMDP
+code does it, in plain code, and a layer's output read the plain way. It is the oracle the
+tests (tests/test_step.py, test_reference_loop.py, …) and the bench (experiments/bench/bench.py)
+compare the trainer against; the trainer itself never imports it.
 
 What makes it the reference, on purpose:
 - two full models in memory, the updated one and a frozen one;
