@@ -10,6 +10,7 @@ and, with `harness.tasks`, on lm-evaluation-harness tasks (rmu/evaluation/harnes
 
 from __future__ import annotations
 
+import sys
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from omegaconf import DictConfig
 
 from rmu.config.checks import check_eval, check_harness, check_model, check_schema
 from rmu.config.plan import load_eval_sets, look_up_harness_tasks, read_model_config
+from rmu.config.overrides import check_command_line
 from rmu.config.schema import CONF_DIR
 from rmu.evaluation.harness import run_harness
 from rmu.evaluation.mcq import evaluate, format_table
@@ -55,4 +57,5 @@ def main(cfg: DictConfig) -> dict | None:
 
 
 if __name__ == "__main__":
+    check_command_line("eval", sys.argv[1:])  # one sentence for the mistakes Hydra answers with a traceback
     main()

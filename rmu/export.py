@@ -15,19 +15,22 @@ HF_TOKEN or a saved login and is never printed, logged or written.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import hydra
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from rmu.run.checkpoint import MARKER, check_output_dir, check_writable, folder_size, staged_output
 from rmu.config.checks import check_export_target, check_schema, fail, is_repo_id
-from rmu.run.cli import run_command
-from rmu.errors import ExportError
-from rmu.run.lock import OutputLock
-from rmu.evaluation.results import RunResults
+from rmu.config.overrides import check_command_line
 from rmu.config.schema import CONF_DIR
+from rmu.errors import ExportError
+from rmu.evaluation.results import RunResults
+from rmu.run.checkpoint import MARKER, check_output_dir, check_writable, folder_size, staged_output
+from rmu.run.cli import run_command
+from rmu.run.lock import OutputLock
+from rmu.unlearn.robust import active_stages, describe_targets
 
 # lm-eval tasks whose data lives on the Hub: (dataset id, config) for the model-index.
 HARNESS_DATASETS = {"wmdp_bio": ("cais/wmdp", "wmdp-bio"), "wmdp_cyber": ("cais/wmdp", "wmdp-cyber"),
@@ -78,7 +81,7 @@ def model_card(run_cfg: dict, results: RunResults, repo_id: str, adapter: bool):
     """The README.md of the Hub folder: metadata and a text stating how the model was made."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    m, r, o, t = run_cfg["model"], run_cfg["rmu"], run_cfg["optim"], run_cfg["trainer"]
+    m = run_cfg["model"]
     base_model = m.get("hub_id") or (m["path"] if is_repo_id(m["path"]) and not m.get("arch") else None)
     origin = f"{m['name']} (randomly initialised)" if m.get("arch") else base_model or m["path"]
     corpora = run_cfg["data"]["forget"] + run_cfg["data"]["retain"]
@@ -89,14 +92,10 @@ def model_card(run_cfg: dict, results: RunResults, repo_id: str, adapter: bool):
                          tags=["unlearning", "rmu", "wmdp"] + (["lora"] if adapter else []),
                          datasets=datasets or None, model_name=repo_id.split("/")[-1],
                          eval_results=_eval_results(results) or None)
-    adapter_cfg = run_cfg.get("adapter")
-    how = (f"LoRA adapters (r = {adapter_cfg['r']}, alpha = {adapter_cfg['alpha']}) on "
-           f"{adapter_cfg['target_modules']} of layers {results.update_layers}"
-           if adapter_cfg else ", ".join(f"`{n}`" for n in results.updated_parameters))
+    robust = run_cfg.get("robust") or {}  # runs written before the robust variants have no section
     load = (f'from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")'
             if adapter else
             f'from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained("{repo_id}")')
-    coeffs = ", ".join(f"{topic}: {c:.4g}" for topic, c in zip(results.topics, results.steering_coeff))
     text = f"""---
 {data.to_yaml()}
 ---
@@ -106,26 +105,13 @@ def model_card(run_cfg: dict, results: RunResults, repo_id: str, adapter: bool):
 {origin} after RMU unlearning (Representation Misdirection for Unlearning,
 Li et al. 2024, "The WMDP Benchmark"), made with the `rmu` trainer, for the
 forget topics {', '.join(results.topics)}. RMU pushes the activations of one decoder
-layer on forget-topic text toward a fixed random direction and keeps them unchanged on
-retain text; it is meant to remove the knowledge, not to refuse. Check the robustness
-of the removal before relying on it.
+layer on forget-topic text {describe_targets(robust.get("targets", "topic"))} and keeps them
+unchanged on retain text; it is meant to remove the knowledge, not to refuse. Check the
+robustness of the removal before relying on it.
 
 ## How it was made
 
-| setting | value |
-|---|---|
-| base model | {origin}{f' (loaded from {m["path"]})' if m['path'] != origin and not m.get('arch') else ''} |
-| hooked layer ℓ | {results.layer_id} |
-| updated | {how} |
-| steering coefficients c | {coeffs} ({'auto: β = ' + str(r['auto_beta']) + ' × mean activation norm' if r['steering_coeff'] == 'auto' else 'fixed'}) |
-| retain weight α | {', '.join(f'{a:g}' for a in results.alpha)} |
-| padding mask in the losses | {r['mask_padding']} |
-| optimizer | AdamW, lr {o['lr']}, weight decay {o['weight_decay']}, eps {o['eps']} |
-| steps × batch | {results.steps} × {t['batch_size']} |
-| dtype | {m['dtype']} |
-| seed | {run_cfg['seed']} |
-| forget corpora | {', '.join(c['name'] for c in run_cfg['data']['forget'])} |
-| retain corpora | {', '.join(c['name'] for c in run_cfg['data']['retain'])} |
+{settings_table(run_cfg, results, origin)}
 
 The full configuration is `rmu_config.yaml`, the per-step losses `metrics.jsonl`, the
 control vectors `control_vectors.safetensors`.
@@ -141,6 +127,31 @@ control vectors `control_vectors.safetensors`.
 ```
 """
     return ModelCard(text)
+
+
+def settings_table(run_cfg: dict, results: RunResults, origin: str) -> str:
+    """The model card's "How it was made" table: the settings that made this model."""
+    m, r, o, t = run_cfg["model"], run_cfg["rmu"], run_cfg["optim"], run_cfg["trainer"]
+    adapter_cfg = run_cfg.get("adapter")
+    how = (f"LoRA adapters (r = {adapter_cfg['r']}, alpha = {adapter_cfg['alpha']}) on "
+           f"{adapter_cfg['target_modules']} of layers {results.update_layers}"
+           if adapter_cfg else ", ".join(f"`{n}`" for n in results.updated_parameters))
+    coeffs = ", ".join(f"{topic}: {c:.4g}" for topic, c in zip(results.topics, results.steering_coeff))
+    auto = f"auto: β = {r['auto_beta']} × mean activation norm" if r["steering_coeff"] == "auto" else "fixed"
+    # results.json names the stages; runs written before it did have only their config.
+    stages = results.robust or (active_stages(OmegaConf.create(run_cfg["robust"])) if "robust" in run_cfg else {})
+    rows = [("base model", origin + (f" (loaded from {m['path']})" if m["path"] != origin and not m.get("arch") else "")),
+            ("hooked layer ℓ", results.layer_id), ("updated", how), ("steering coefficients c", f"{coeffs} ({auto})"),
+            ("robust stages", "; ".join(f"{k} {v}" if v is not True else k for k, v in stages.items()) or
+             "none (the plain RMU step)"),
+            ("retain weight α", ", ".join(f"{a:g}" for a in results.alpha)),
+            ("padding mask in the losses", r["mask_padding"]),
+            ("optimizer", f"{o.get('name', 'adamw')}, lr {o['lr']}, weight decay {o['weight_decay']}, eps {o['eps']}"),
+            ("numerics", r.get("numerics", "float32")),
+            ("steps × batch", f"{results.steps} × {t['batch_size']}"), ("dtype", m["dtype"]), ("seed", run_cfg["seed"]),
+            ("forget corpora", ", ".join(c["name"] for c in run_cfg["data"]["forget"])),
+            ("retain corpora", ", ".join(c["name"] for c in run_cfg["data"]["retain"]))]
+    return "\n".join(["| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
 
 
 def prepare(checkpoint: str | Path, repo_id: str, output_dir: str | Path | None = None,
@@ -197,4 +208,5 @@ def main(cfg: DictConfig) -> Path | None:
 
 
 if __name__ == "__main__":
+    check_command_line("export", sys.argv[1:])  # one sentence for the mistakes Hydra answers with a traceback
     main()

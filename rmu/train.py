@@ -13,12 +13,14 @@ before and after. `train(cfg)` is what the tests call.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from rmu.config.overrides import check_command_line
 from rmu.config.schema import CONF_DIR
 from rmu.errors import Preempted
 from rmu.evaluation.results import RunResults
@@ -109,4 +111,5 @@ def main(cfg: DictConfig) -> RunResults | None:
 
 
 if __name__ == "__main__":
+    check_command_line("train", sys.argv[1:])  # one sentence for the mistakes Hydra answers with a traceback
     main()

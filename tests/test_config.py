@@ -4,6 +4,7 @@ experiment validates fully when pointed at the tiny model and the bundled data."
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from rmu.config.checks import check_train_values
 from rmu.errors import ConfigError
@@ -26,14 +27,88 @@ def test_every_group_option_composes_and_passes_value_checks(group, option):
     check_train_values(cfg)
 
 
+def leaves(node, prefix=""):
+    """{dotted key: value} of every value a YAML file sets (its defaults list aside)."""
+    out = {}
+    for key, value in node.items():
+        if key == "defaults":
+            continue
+        full = f"{prefix}{key}"
+        out.update(leaves(value, full + ".") if isinstance(value, dict) else {full: value})
+    return out
+
+
+DEBUG_KEYS = leaves(OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "debug" / "tiny.yaml")))
+
+
+def test_debug_tiny_only_shrinks_the_run():
+    """The pair experiment × debug is decided once: debug sets the model, the evaluation,
+    the hooked layer and the run's length, never a key of the method."""
+    assert set(DEBUG_KEYS) == {"rmu.layer_id", "rmu.update_layers", "trainer.max_steps", "trainer.batch_size"}
+
+
 @pytest.mark.parametrize("experiment", GROUPS["experiment"])
-def test_every_experiment_composes_and_validates(experiment, tmp_path):
+def test_every_experiment_with_debug_tiny_keeps_its_keys_and_validates(experiment, tmp_path):
     check_train_values(make_cfg([f"experiment={experiment}"]))
-    # Full validation (data files, model layout) with the model and data that exist offline.
-    cfg = make_cfg([f"experiment={experiment}", *TINY, "data=bundled", "data.min_chars=0", "rmu.update_layers=null",
+    own = leaves(OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "experiment" / f"{experiment}.yaml")))
+    cfg = make_cfg([f"experiment={experiment}", "debug=tiny"])
+    for key, value in own.items():  # debug wins on its few keys; every other key is the experiment's
+        assert OmegaConf.select(cfg, key) == (DEBUG_KEYS[key] if key in DEBUG_KEYS else value), key
+    # Full validation (data files, model layout) with the data that exist offline: the pair
+    # runs, or is refused by name before any weights load; it never ignores a key.
+    cfg = make_cfg([f"experiment={experiment}", "debug=tiny", "data=bundled", "data.min_chars=0",
                     f"output_dir={tmp_path / 'o'}"])
-    plan = plan_train(cfg)
-    assert plan.topics == ["chem", "astro"]
+    try:
+        assert plan_train(cfg).topics == ["chem", "astro"]
+    except ConfigError as e:
+        assert "rmu." in str(e) or "model." in str(e), e  # names the key that does not fit the tiny model
+        assert experiment in REFUSED_WITH_TINY, f"{experiment} x debug=tiny refused: {e}"
+
+
+# Pairs whose values cannot fit a 4-layer random model (refused by name, not ignored).
+REFUSED_WITH_TINY = {"mixtral_rmu": "rmu.experts on a dense model"}
+
+
+def test_an_experiments_key_that_the_run_would_not_use_is_refused_wherever_it_was_set(tmp_path):
+    # robust_bundled sets rmu.auto_beta; a fixed coefficient makes it unused.
+    with pytest.raises(ConfigError, match=r"rmu.auto_beta=32.0: is only used with rmu.steering_coeff=auto"):
+        plan_train(make_cfg(["experiment=robust_bundled", "debug=tiny", "rmu.steering_coeff=10",
+                             f"output_dir={tmp_path / 'o'}"]))
+    # wmdp_reference names its updated tensors; LoRA would put adapters elsewhere.
+    with pytest.raises(ConfigError, match=r"rmu.update_params=\['mlp.down_proj.weight'\]: is not used with adapter"):
+        check_train_values(make_cfg(["experiment=wmdp_reference", "adapter=lora"]))
+    # A robust stage's setting from the command line, its stage off.
+    with pytest.raises(ConfigError, match="robust.mask_ema=0.5: is not used while robust.mask is off"):
+        check_train_values(make_cfg(["robust.mask_ema=0.5"]))
+    # The default values themselves are not "set": the defaults always compose.
+    check_train_values(make_cfg(["rmu.steering_coeff=10"]))
+
+
+@pytest.mark.parametrize("command,overrides,message", [
+    ("attack", ["attack=probe", "attack.in_context.shots=[1]"],
+     "attack.in_context.shots=[1]: this run does not use attack.in_context (it is off); select it with "
+     "attack=in_context or attack=all, or drop the key"),
+    ("train", ["+logger.project=x"], "logger.project=x: this run does not use logger (it is off); select it with "
+                                     "logger=wandb, or drop the key"),
+    ("train", ["adapter.r=4"], "adapter.r=4: this run does not use adapter (it is off); select it with adapter=lora"),
+    ("attack", ["base=tiny_random"], "base=tiny_random: `base` is a section of keys, not a choice; choose its config "
+                                     "with model@base=<name> ("),
+])
+def test_hydra_level_mistakes_are_one_sentence(command, overrides, message):
+    from rmu.config.overrides import explain
+
+    assert explain(command, overrides).startswith(message)
+    assert explain(command, ["attack=in_context", "attack.in_context.shots=[1]"] if command == "attack" else
+                   ["adapter=lora", "adapter.r=4"]) is None  # selected: nothing to say
+
+
+def test_a_hydra_level_mistake_on_the_real_command_line(tmp_path):
+    from tests.conftest import run_cli
+
+    proc = run_cli("rmu.train", "debug=tiny", "+logger.project=x", f"output_dir={tmp_path / 'o'}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: logger.project=x: this run does not use logger (it is off); "
+                                                "select it with logger=wandb, or drop the key"]
 
 
 @pytest.mark.parametrize("option", GROUPS["attack"])

@@ -86,3 +86,28 @@ def test_bad_repo_id_is_refused_before_training(tiny_cfg):
         check_train_values(tiny_cfg("export.repo_id='not a repo'"))
     with pytest.raises(ConfigError, match="export.push=True: needs export.repo_id"):
         check_train_values(tiny_cfg("export.push=true"))
+
+
+def test_the_outputs_say_what_made_them_on_a_token_id_run(tiny_cfg):
+    """results.json records the robust stages, the optimizer and the numerics; the model card
+    describes the targets and stages this run used (not plain RMU's fixed direction)."""
+    from rmu.export import prepare
+
+    cfg = tiny_cfg("robust.targets=token_id", "robust.lat_eps=0.1", "robust.lat_steps=2", "trainer.max_steps=2")
+    train(cfg)
+    results = json.loads((Path(cfg.output_dir) / "results.json").read_text())
+    assert results["robust"] == {"targets": "token_id", "latent_adversary": {"eps": 0.1, "steps": 2}}
+    assert results["optimizer"] == "adamw" and results["numerics"] == "float32"
+    card = (prepare(cfg.output_dir, "someone/token-id") / "README.md").read_text()
+    assert "toward a fixed random direction per vocabulary token" in card
+    assert "one fixed random direction per forget topic" not in card
+    assert "| robust stages | targets token_id; latent_adversary {'eps': 0.1, 'steps': 2} |" in card
+
+
+def test_a_plain_run_says_it_is_plain(run_dir):
+    from rmu.export import prepare
+
+    assert "robust" not in json.loads((run_dir / "results.json").read_text())
+    card = (prepare(run_dir, "someone/plain") / "README.md").read_text()
+    assert "toward one fixed random direction per forget topic" in card
+    assert "| robust stages | none (the plain RMU step) |" in card

@@ -16,6 +16,7 @@ read, before either model loads (rmu/config/plan.py, plan_attack).
 
 from __future__ import annotations
 
+import sys
 import json
 import time
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ from rmu.run.checkpoint import staged_output
 from rmu.run.lock import OutputLock
 from rmu.run.cli import run_command
 from rmu.evaluation.mcq import evaluate, score_set
-from rmu.models.loading import load_model
+from rmu.models.loading import configure_tokenizer, load_model
 from rmu.config.plan import AttackPlan, plan_attack
+from rmu.config.overrides import check_command_line
 from rmu.config.schema import CONF_DIR
 
 MIN_GAP = 0.05  # below 5 points between base and unlearned the ratio is noise (retain sets)
@@ -284,7 +286,7 @@ def attack(cfg: DictConfig, plan, t0: float) -> dict:
     torch.manual_seed(cfg.seed)
     model, tok = load_model(cfg.model, cfg.seed)
     base_model, _ = load_model(cfg.base, cfg.seed)
-    tok.padding_side = cfg.data.padding_side
+    tok = configure_tokenizer(tok, cfg.model, cfg.data)  # text read as the training run read it
     model.eval().requires_grad_(False)
     base_model.eval().requires_grad_(False)
     controls = ControlCache(cfg)
@@ -317,4 +319,5 @@ def main(cfg: DictConfig) -> dict | None:
 
 
 if __name__ == "__main__":
+    check_command_line("attack", sys.argv[1:])  # one sentence for the mistakes Hydra answers with a traceback
     main()

@@ -45,7 +45,7 @@ class Plan:
 class AttackPlan:
     sets: list[tuple[str, str, list[data_mod.MCQItem]]]
     forget: list[data_mod.Corpus]  # empty, and retain None, when no attack of the run reads corpora
-    retain: data_mod.Corpus | None
+    retain: data_mod.Corpus | None  # every retain corpus of `data`, as one
     unrelated: data_mod.Corpus | None  # attack.finetune.unrelated, when the fine-tune grid runs
     ablate_layers: list[int] | None  # the edited layers, when the ablation runs
 
@@ -213,14 +213,14 @@ def plan_attack(cfg: DictConfig) -> AttackPlan:
     a = cfg.attack
     # The fine-tune grid and the ablations read the corpora; the probe, the in-context attack
     # and held-out relearning do not.
-    forget, retain = load_corpora(cfg.data) if {"finetune", "ablate", "ablate_unlearned"} & set(a.run) else ([], [None])
+    forget, retain = load_corpora(cfg.data) if {"finetune", "ablate", "ablate_unlearned"} & set(a.run) else ([], [])
     unrelated = None
     if "finetune" in a.run:
         entry = {"name": "unrelated", "path": a.finetune.unrelated, "max_length": a.finetune.max_length}
         if not data_mod.resolve_path(a.finetune.unrelated).is_file():
             fail("attack.finetune.unrelated", a.finetune.unrelated, "no such file (a .jsonl with a text field, "
                                                                     "or bundled:<file>)")
-        unrelated = data_mod.load_corpus(entry, cfg.data.min_chars)
+        unrelated = data_mod.load_corpus(entry, cfg.data.min_chars, cfg.data.strictly_longer)
     read_model_config(cfg.model, "model")
     read_model_config(cfg.base, "base")
     layers = None
@@ -232,4 +232,7 @@ def plan_attack(cfg: DictConfig) -> AttackPlan:
                 fail("attack.ablate.layers", None, f"no {run / 'results.json'} to read the edited layers from; "
                                                    "set the layers")
             layers = RunResults.read(run).update_layers
-    return AttackPlan(sets=sets, forget=forget, retain=retain[0], unrelated=unrelated, ablate_layers=layers)
+    retain = list({id(c): c for c in retain}.values())  # one per forget topic, often the same corpus repeated
+    merged = data_mod.Corpus(name="+".join(c.name for c in retain), texts=[x for c in retain for x in c.texts],
+                             max_length=max(c.max_length for c in retain)) if retain else None
+    return AttackPlan(sets=sets, forget=forget, retain=merged, unrelated=unrelated, ablate_layers=layers)

@@ -153,6 +153,21 @@ def load_tokenizer(mcfg, fast: bool = True):
     return tok
 
 
+def configure_tokenizer(tokenizer, mcfg, d):
+    """The tokenizer as the `data` section reads text: the slow one when
+    `fast_tokenizer=false`, padding with eos when `pad_with_eos` (the reference does, even
+    where the tokenizer has a pad token), the padding and truncation sides. Training and
+    the attacks read text the same way."""
+    if not d.fast_tokenizer:
+        tokenizer = load_tokenizer(mcfg, fast=False)
+    if d.pad_with_eos:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = d.padding_side
+    if d.truncation_side is not None:
+        tokenizer.truncation_side = d.truncation_side
+    return tokenizer
+
+
 def empty_model(mcfg, tokenizer) -> nn.Module:
     """The model `load_model` builds, on the meta device: its shapes and dtypes, no memory
     and no weights (the FSDP ranks that receive their weights from rank 0)."""

@@ -31,7 +31,7 @@ from rmu.evaluation.mcq import evaluate
 from rmu.evaluation.results import RunResults
 from rmu.models.adapters import add_lora
 from rmu.models.architectures import checkpoint_names, fused_experts, keep_experts
-from rmu.models.loading import load_model, load_tokenizer
+from rmu.models.loading import configure_tokenizer, load_model
 from rmu.report import write_report
 from rmu.run.checkpoint import save_run, staged_output
 from rmu.run.distributed import Ranks
@@ -42,7 +42,7 @@ from rmu.run.resume import Preemption, Resume
 from rmu.run.tracking import Tracker
 from rmu.unlearn.losses import mean_token_norm, random_directions, reference_controls
 from rmu.unlearn.optim import Updater
-from rmu.unlearn.robust import Robust, robust_step
+from rmu.unlearn.robust import Robust, active_stages, robust_step
 from rmu.unlearn.span import LayerSpan
 from rmu.unlearn.step import rmu_step
 
@@ -151,14 +151,7 @@ def load(cfg: DictConfig, plan: Plan, ranks: Ranks):
                                            range(min(plan.update_layers), plan.layer_id + 1))
         ranks.print(f"rmu: FSDP: {n} frozen decoder layers sharded over {ranks.size} processes; this rank holds "
                     f"{local_parameter_mib(model):.0f} MiB of parameters")
-    if not cfg.data.fast_tokenizer:
-        tokenizer = load_tokenizer(cfg.model, fast=False)
-    if cfg.data.pad_with_eos:  # the reference pads with eos even where the tokenizer has a pad token
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = cfg.data.padding_side
-    if cfg.data.truncation_side is not None:
-        tokenizer.truncation_side = cfg.data.truncation_side
-    return model, tokenizer
+    return model, configure_tokenizer(tokenizer, cfg.model, cfg.data)
 
 
 @torch.no_grad()
@@ -257,25 +250,6 @@ def run_results(run: Run, before: tuple, after: tuple, seconds: dict) -> RunResu
                            "base_model": cfg.model.path, "base": harness_base["tasks"],
                            "unlearned": harness_after["tasks"]}
     return results
-
-
-def active_stages(r) -> dict:
-    """The robust stages this run used, each with its settings (results.json's `robust`)."""
-    stages = {}
-    if r.targets != "topic":
-        stages["targets"] = r.targets
-    if r.lat_eps:
-        stages["latent_adversary"] = {"eps": r.lat_eps, "steps": r.lat_steps}
-    if r.collapse_components:
-        stages["collapse"] = {"components": r.collapse_components, "source": r.collapse_source,
-                              "every": r.collapse_every}
-    if r.meta_steps:
-        stages["meta_unlearning"] = {"steps": r.meta_steps, "lr": r.meta_lr, "attack": r.meta_attack}
-    if r.normalize:
-        stages["normalize"] = True
-    if r.mask:
-        stages["mask"] = {"ema": r.mask_ema}
-    return stages
 
 
 def write_run(run: Run, rows: list[dict], before: tuple, after: tuple, seconds: dict,

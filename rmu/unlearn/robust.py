@@ -250,6 +250,34 @@ class Robust:
         self.retain_mean, self.first_norms, self.bases = state["retain_mean"], state["first_norms"], state["bases"]
 
 
+def active_stages(r) -> dict:
+    """The robust stages the `robust` section `r` switches on, each with its settings:
+    results.json's `robust`, and what the model card says."""
+    stages = {}
+    if r.targets != "topic":
+        stages["targets"] = r.targets
+    if r.lat_eps:
+        stages["latent_adversary"] = {"eps": r.lat_eps, "steps": r.lat_steps}
+    if r.collapse_components:
+        stages["collapse"] = {"components": r.collapse_components, "source": r.collapse_source,
+                              "every": r.collapse_every}
+    if r.meta_steps:
+        stages["meta_unlearning"] = {"steps": r.meta_steps, "lr": r.meta_lr, "attack": r.meta_attack}
+    if r.normalize:
+        stages["normalize"] = True
+    if r.mask:
+        stages["mask"] = {"ema": r.mask_ema}
+    return stages
+
+
+def describe_targets(targets: str) -> str:
+    """Where the forget activations are pushed, in words (the model card)."""
+    return {"topic": "toward one fixed random direction per forget topic",
+            "sample": "toward a fresh random direction per forget text at every step",
+            "token": "toward a fresh random direction per forget token at every step",
+            "token_id": "toward a fixed random direction per vocabulary token (the same token, the same target)"}[targets]
+
+
 def project_to_ball(delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     """Each token's δ_t scaled down onto ‖δ_t‖ ≤ radius_t where it lies outside."""
     norm = delta.norm(dim=-1, keepdim=True)
