@@ -5,6 +5,9 @@ answers themselves; run on the base model, the same attack shows how far that al
 goes. `resistance = attacked unlearned accuracy − attacked base accuracy`: near or above
 0, the attack brings the unlearned model back to where it brings the base model.
 
+The same goes for the oracle (the data-filtered twin, `model@oracle`): what the attack
+teaches a model that never learnt the forget data.
+
 The base model is the same for every recipe and seed of a comparison, so its results are
 kept in `control_cache` (default `$RMU_CACHE/attack-controls/`, ~/.cache/rmu), keyed by
 what they depend on: the base model's config (not its weights: a changed checkpoint at the
@@ -26,10 +29,12 @@ VERSION = 2  # part of every key: raise it when an attack's computation changes
 
 
 class ControlCache:
-    def __init__(self, cfg):
+    """Results of attacks on one reference model (`model_cfg`: the base model, or the oracle)."""
+
+    def __init__(self, cfg, model_cfg):
         default = Path(os.environ.get("RMU_CACHE", Path.home() / ".cache" / "rmu")) / "attack-controls"
         self.root = Path(cfg.control_cache) if cfg.control_cache else default
-        self.common = {"version": VERSION, "base": OmegaConf.to_container(cfg.base, resolve=True), "seed": cfg.seed,
+        self.common = {"version": VERSION, "model": OmegaConf.to_container(model_cfg, resolve=True), "seed": cfg.seed,
                        "data": OmegaConf.to_container(cfg.data, resolve=True)}
         self.hits = self.misses = 0
 

@@ -363,6 +363,8 @@ def check_attack_values(cfg: DictConfig) -> None:
         fail("output_dir", cfg.output_dir, "must be a folder path")
     check_model(cfg.model)
     check_model(cfg.base, "base")
+    if cfg.oracle is not None:
+        check_model(cfg.oracle, "oracle")
     check_data(cfg.data)
     check_eval(cfg.eval)
     a = cfg.attack

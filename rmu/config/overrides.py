@@ -23,7 +23,7 @@ from rmu.config.schema import CONF_DIR
 # How each optional section is switched on, for the message.
 SELECT = {"adapter": "adapter=lora", "logger": "logger=wandb"}
 # Sections filled from a config group under another name: `section` comes from `group@section`.
-PACKAGED = {"base": "model"}
+PACKAGED = {"base": "model", "oracle": "model"}
 
 
 def check_command_line(command: str, argv: list[str]) -> None:

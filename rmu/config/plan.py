@@ -203,9 +203,10 @@ def plan_train(cfg: DictConfig) -> Plan:
 
 
 def plan_attack(cfg: DictConfig) -> AttackPlan:
-    """The attack command's checks and files, before either model loads."""
+    """The attack command's checks and files, before any model loads."""
     check_attack_values(cfg)
-    check_output_dir(cfg.output_dir, cfg.overwrite, protected=(cfg.model.path, cfg.base.path))
+    oracle = cfg.oracle.path if cfg.oracle is not None else None
+    check_output_dir(cfg.output_dir, cfg.overwrite, protected=(cfg.model.path, cfg.base.path, oracle))
     check_writable(cfg.output_dir)
     sets = load_eval_sets(cfg.eval)
     if not sets:
@@ -223,6 +224,8 @@ def plan_attack(cfg: DictConfig) -> AttackPlan:
         unrelated = data_mod.load_corpus(entry, cfg.data.min_chars, cfg.data.strictly_longer)
     read_model_config(cfg.model, "model")
     read_model_config(cfg.base, "base")
+    if cfg.oracle is not None:
+        read_model_config(cfg.oracle, "oracle")
     layers = None
     if "ablate" in a.run:
         layers = plain(a.ablate.layers)

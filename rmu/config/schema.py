@@ -260,6 +260,7 @@ class AttackCommand:
     overwrite: bool = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)  # the unlearned model
     base: ModelConfig = field(default_factory=ModelConfig)  # the original, for the controls
+    oracle: Optional[ModelConfig] = None  # the data-filtered twin (model@oracle=...): what never learnt the forget data
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
