@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,19 +14,7 @@ from safetensors.torch import load_file
 from rmu.config.checks import check_fsdp
 from rmu.errors import ConfigError
 
-from tests.conftest import ROOT, run_cli
-
-RUN = ["model=tiny_random", "eval=none", "trainer.max_steps=6", "trainer.progress=false", "rmu.layer_id=2",
-       "rmu.steering_coeff=auto", "data.forget.0.max_length=32", "data.forget.1.max_length=32",
-       "data.retain.0.max_length=32", "optim.lr=1e-2"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def assert_same_weights(a: Path, b: Path, rel: float):
-    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    for k in wa:
-        diff = (wa[k].float() - wb[k].float()).abs().max() / wa[k].float().abs().max()
-        assert diff <= rel, (k, diff.item())
+from tests.conftest import ENV, ROOT, RUN, assert_same_weights, free_port_pair, run_cli, sigterm_then_resume
 
 
 def launch(launcher: list[str], *overrides: str) -> subprocess.CompletedProcess:
@@ -87,31 +73,7 @@ def test_robust_stages_on_two_processes_end_where_one_process_does(tmp_path):
 def test_sigterm_then_restart_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     long = [o for o in RUN if not o.startswith("trainer.max_steps")] + [
         "trainer.max_steps=200", "trainer.batch_size=4", "trainer.save_every=20"]
-    straight = run_cli("rmu.train", *long, f"output_dir={tmp_path / 'straight'}")
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
-    out = tmp_path / "resumed"
-    state = tmp_path / ".resumed.resume" / "state.json"
-    proc = subprocess.Popen([sys.executable, "-m", "rmu.train", *long, f"output_dir={out}"], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 143, stderr[-3000:]
-    assert "stopped by SIGTERM after step" in stdout and not out.exists()
-    stopped_at = json.loads(state.read_text())["step"]
-    assert 0 < stopped_at < 200
-
-    again = run_cli("rmu.train", *long, f"output_dir={out}")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming at step {stopped_at}" in again.stdout
-    assert_same_weights(tmp_path / "straight", out, 0.0)  # bit-identical on CPU
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    assert [r["step"] for r in rows] == list(range(200))
-    assert not state.parent.exists()  # the resume state is removed once the run is written
+    sigterm_then_resume(tmp_path, long)  # tests/conftest.py: bit-identical weights, every step's row
 
 
 def test_a_resume_state_of_another_config_is_refused(tmp_path):
@@ -218,8 +180,6 @@ def _one_rank_goes_non_finite(rank: int, port: int, out_dir: str, results) -> No
 @pytest.mark.distributed
 def test_a_failure_on_one_rank_stops_every_rank_with_the_same_message(tmp_path):
     import multiprocessing as mp
-
-    from tests.test_sweep import free_port_pair
 
     ctx = mp.get_context("spawn")
     results = ctx.Queue()

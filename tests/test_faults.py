@@ -25,8 +25,7 @@ import torch
 from rmu.run.checkpoint import MARKER
 from rmu.errors import ResumeError
 from rmu.run.resume import Resume, fingerprint
-from tests.conftest import ROOT, TINY, make_cfg, run_cli
-from tests.test_distributed import assert_same_weights
+from tests.conftest import ROOT, TINY, assert_same_weights, make_cfg, run_cli
 
 pytestmark = pytest.mark.slow  # every test here runs the CLI in subprocesses
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",

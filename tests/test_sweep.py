@@ -13,7 +13,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from rmu.train import train
-from tests.conftest import ROOT, TINY, make_cfg, run_cli
-from tests.test_distributed import assert_same_weights
+from tests.conftest import ROOT, TINY, assert_same_weights, free_port_pair, make_cfg, run_cli
 
 CLUSTER = ROOT / "experiments" / "slurm" / "cluster.sh"
 SWEEP = TINY + ["eval=bundled"]  # the bundled eval sets: accuracies in the summary
@@ -69,22 +67,6 @@ def test_output_dir_given_on_the_command_line_is_kept_in_a_sweep(tmp_path):
     assert [r["output_dir"] for r in rows(tmp_path / "sweep")] == [str(tmp_path / "a10"), str(tmp_path / "a20")]
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [  # no empty job folders
         ".jobs", ".summary.lock", "multirun.yaml", "summary.csv", "summary.md"]
-
-
-def free_port_pair() -> int:
-    """A port p with p and p+1 free (slurmctld and slurmd)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 65000:
-            with socket.socket() as s2:
-                try:
-                    s2.bind(("127.0.0.1", port + 1))
-                    return port
-                except OSError:
-                    continue
-    raise RuntimeError("no two consecutive free ports")
 
 
 def slurm_available() -> str | None:

@@ -3,10 +3,6 @@ invariant, that they compose with LoRA, and what is refused."""
 
 import json
 import math
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from functools import partial
@@ -23,7 +19,7 @@ from rmu.unlearn.recipe import setup
 from rmu.unlearn.robust import Robust, agree, collapse, principal_basis, project_to_ball, robust_step
 from rmu.train import train
 
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import RUN, TINY, run_cli, sigterm_then_resume
 
 
 def batches(run, step, size=2):
@@ -288,28 +284,11 @@ def test_all_stages_together_train(tiny_cfg):
 def test_a_preempted_robust_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
     """The stages' running values (retain-gradient mean, first norms, collapse bases)
     travel in the resume state: SIGTERM mid-run, rerun, bit-identical weights."""
-    from tests.test_distributed import ENV, RUN, assert_same_weights
     long = [o for o in RUN if not o.startswith("trainer.max_steps")] + [
         "trainer.max_steps=120", "trainer.batch_size=2", "trainer.save_every=10", "robust.mask=true",
         "robust.mask_ema=0.5", "robust.normalize=true", "robust.collapse_components=2", "robust.collapse_every=7",
         "robust.targets=sample"]
-    straight = run_cli("rmu.train", *long, f"output_dir={tmp_path / 'straight'}")
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    out, state = tmp_path / "resumed", tmp_path / ".resumed.resume" / "state.json"
-    proc = subprocess.Popen([sys.executable, "-m", "rmu.train", *long, f"output_dir={out}"], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 143, stderr[-3000:]
-    stopped_at = json.loads(state.read_text())["step"]
-    again = run_cli("rmu.train", *long, f"output_dir={out}")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming at step {stopped_at}" in again.stdout and 0 < stopped_at < 120
-    assert_same_weights(tmp_path / "straight", out, 0.0)
+    sigterm_then_resume(tmp_path, long)  # tests/conftest.py: stopped mid-run, resumed, bit-identical weights
 
 
 def test_what_the_variants_do_not_cover_is_refused_before_loading(tiny_cfg):
