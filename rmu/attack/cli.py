@@ -32,9 +32,9 @@ from rmu.attack.ablate import ablated, directions, topic_directions
 from rmu.attack.control import ControlCache
 from rmu.attack.in_context import shot_contexts
 from rmu.attack.probe import features, probe_features
-from rmu.attack.relearn import finetune, finetune_checkpoints, qa_texts, split_half
-from rmu.run.checkpoint import staged_output
-from rmu.run.lock import OutputLock
+from rmu.attack.relearn import finetune, finetune_checkpoints, plateau_step, qa_texts, relearn_curve, split_half
+from rmu.run.checkpoint import check_output_dir, clean_leftovers, staged_output
+from rmu.run.lock import OutputLock, held as output_held
 from rmu.run.cli import run_command
 from rmu.evaluation.mcq import evaluate, score_set
 from rmu.models.loading import configure_tokenizer, load_model
@@ -159,13 +159,15 @@ def finetune_grid(f) -> list[dict]:
         for source in f.data:
             for lr in (f.lr_full if mode == "full" else f.lr_lora):
                 for rank in ([None] if mode == "full" else f.lora_r):
-                    runs.append({"mode": mode, "data": source, "lr": lr, "lora_r": rank})
+                    for schedule in f.schedules:
+                        runs.append({"mode": mode, "data": source, "lr": lr, "lora_r": rank, "schedule": schedule})
     return runs
 
 
 def label(run: dict) -> str:
     rank = f" r {run['lora_r']}" if run["mode"] == "lora" else ""
-    return f"{run['mode']}{rank}, {run['data']} ×{run['examples']}, lr {run['lr']:g}, {run['steps']} steps"
+    schedule = ", warm-up + cosine" if run["schedule"] == "warmup_cosine" else ""
+    return f"{run['mode']}{rank}, {run['data']} ×{run['examples']}, lr {run['lr']:g}{schedule}, {run['steps']} steps"
 
 
 def run_finetune(f, t: Target):
@@ -177,7 +179,8 @@ def run_finetune(f, t: Target):
     for run in finetune_grid(f):
         texts = corpora[run["data"]][:f.examples]
         for steps, tuned in finetune_checkpoints(t.model, t.tok, texts, run["mode"], run["lr"], list(f.steps),
-                                                 f.batch_size, f.max_length, run["lora_r"] or 8, t.cfg.seed):
+                                                 f.batch_size, f.max_length, run["lora_r"] or 8, t.cfg.seed,
+                                                 run["schedule"], f.weight_decay):
             scores = t.evaluate(tuned)
             record = {**run, "examples": len(texts), "steps": steps, "scores": scores,
                       "forget_mean_acc": t.forget_mean(scores)}
@@ -190,11 +193,15 @@ def run_finetune(f, t: Target):
 
     def tuned_scores(model):
         texts = corpora[w["data"]][:f.examples]
-        tuned = finetune(model, t.tok, texts, w["mode"], w["lr"], w["steps"], f.batch_size, f.max_length,
-                         w["lora_r"] or 8, t.cfg.seed)
-        return t.evaluate(tuned)
-    settings = {k: w[k] for k in ("mode", "data", "lr", "lora_r", "steps", "examples")}
-    key = {"worst": settings, "batch_size": f.batch_size, "max_length": f.max_length, "unrelated": f.unrelated}
+        # The worst run again, to its step count (its schedule spans the grid's longest run).
+        for steps, tuned in finetune_checkpoints(model, t.tok, texts, w["mode"], w["lr"], list(f.steps),
+                                                 f.batch_size, f.max_length, w["lora_r"] or 8, t.cfg.seed,
+                                                 w["schedule"], f.weight_decay):
+            if steps == w["steps"]:
+                return t.evaluate(tuned)
+    settings = {k: w[k] for k in ("mode", "data", "lr", "lora_r", "steps", "examples", "schedule")}
+    key = {"worst": settings, "batch_size": f.batch_size, "max_length": f.max_length, "unrelated": f.unrelated,
+           "weight_decay": f.weight_decay, "longest": max(f.steps)}
     base_attacked, oracle_attacked = t.control("finetune", key, t.plan.sets, tuned_scores)
     rows = t.rows("finetune", w["scores"], base_attacked, f"worst of {len(out)}: {label(w)}",
                   oracle_attacked=oracle_attacked)
@@ -273,7 +280,9 @@ def run_in_context(c, t: Target):
 
 def run_heldout(h, t: Target):
     """Fine-tune on half A of each forget set (questions with answers), score half B; the
-    same fine-tune on the base model is the control."""
+    same fine-tune on the base model is the control. With `splits`: run_heldout_splits."""
+    if h.splits is not None:
+        return run_heldout_splits(h, t)
     out, rows = {}, []
     retain_sets = [x for x in t.plan.sets if x[1] == "retain"]
     for name, role, items in t.plan.sets:
@@ -301,8 +310,77 @@ def run_heldout(h, t: Target):
     return out, rows
 
 
+def split_curves(name: str, s, steps: list[int], t: Target, scored: list) -> dict:
+    """Fine-tune each model on split `name`'s documents (settings `s`, scored after each of
+    `steps`) and score the sets `scored`: {model: {"clean": scores, "curve": {steps: scores}}}
+    for the unlearned, the base and (when set) the oracle model."""
+    texts = t.plan.splits[name][0]
+    settings = {k: v for k, v in OmegaConf.to_container(s).items() if k != "splits"}
+
+    def measure(model):
+        curve = relearn_curve(model, t.tok, texts, lambda m: t.evaluate(m, scored), s, steps, t.cfg.seed)
+        return {"clean": t.evaluate(model, scored), "curve": {str(k): v for k, v in curve.items()}}
+    base, oracle = t.control("split_relearn", {**settings, "split": name, "steps": steps}, scored, measure)
+    return {"unlearned": measure(t.model), "base": base, "oracle": oracle}
+
+
+def oracle_plateau(curves: dict, set_name: str) -> tuple[int | None, str]:
+    """(the oracle's plateau step on `set_name`, a phrase for the summary): how long the
+    attack had to run before it could tell removed knowledge from hidden knowledge."""
+    if curves["oracle"] is None:
+        return None, "no oracle"
+    at = plateau_step({int(k): v[set_name]["acc"] for k, v in curves["oracle"]["curve"].items()})
+    return at, (f"oracle plateau at {at} steps" if at is not None else "oracle still learning: run longer")
+
+
+def run_heldout_splits(h, t: Target):
+    """Fine-tune on the documents of one split (the lab's half A), score the questions of
+    another (half B): facts the fine-tune never shows that come back were still there. The
+    oracle learns the trained split from nothing; its curve says whether the run was long."""
+    out, rows = {}, []
+    for s in h.splits:
+        _, trained, test = t.plan.splits[s.name]
+        scored = [(s.name, "forget", test), (f"{s.name} (trained)", "trained", trained)]
+        curves = split_curves(s.name, h, sorted({max(1, h.steps // 2), h.steps}), t, scored)
+        at, plateau = oracle_plateau(curves, f"{s.name} (trained)")
+        last = str(h.steps)
+        out[s.name] = {**curves, "steps": h.steps, "oracle_plateau": at}
+        oracle = curves["oracle"]
+        rows += t.rows("heldout_relearn", curves["unlearned"]["curve"][last], curves["base"]["curve"][last],
+                       f"trained on {s.name}'s documents, {h.steps} steps; {plateau}", sets=scored[:1],
+                       base=curves["base"]["clean"], unlearned=curves["unlearned"]["clean"],
+                       oracle_attacked=oracle and oracle["curve"][last], oracle=oracle and oracle["clean"])
+        print(f"heldout_relearn {s.name}: {h.steps} steps on its documents; held-out accuracy unlearned "
+              f"{curves['unlearned']['clean'][s.name]['acc']:.3f} → {curves['unlearned']['curve'][last][s.name]['acc']:.3f}"
+              f"; {plateau}")
+    return out, rows
+
+
+def run_relearn_speed(s, t: Target):
+    """Fine-tune on each split's documents and score its questions after every step count:
+    a row per step count, so the summary shows how fast each model relearns."""
+    out, rows = {}, []
+    for split in s.splits:
+        _, _, test = t.plan.splits[split.name]
+        scored = [(split.name, "forget", test)]
+        curves = split_curves(split.name, s, list(s.steps), t, scored)
+        at, plateau = oracle_plateau(curves, split.name)
+        out[split.name] = {**curves, "oracle_plateau": at}
+        oracle = curves["oracle"]
+        for k in sorted(s.steps):
+            rows += t.rows("relearn_speed", curves["unlearned"]["curve"][str(k)], curves["base"]["curve"][str(k)],
+                           f"{k} steps on {split.name}'s documents; {plateau}", sets=scored,
+                           base=curves["base"]["clean"], unlearned=curves["unlearned"]["clean"],
+                           oracle_attacked=oracle and oracle["curve"][str(k)], oracle=oracle and oracle["clean"])
+        print(f"relearn_speed {split.name}: " + ", ".join(
+            f"{k}: {curves['unlearned']['curve'][str(k)][split.name]['acc']:.2f}" +
+            (f" (oracle {oracle['curve'][str(k)][split.name]['acc']:.2f})" if oracle else "") for k in sorted(s.steps)))
+    return out, rows
+
+
 RUNNERS = {"probe": run_probe, "finetune": run_finetune, "ablate": run_ablate,
-           "ablate_unlearned": run_ablate_unlearned, "in_context": run_in_context, "heldout_relearn": run_heldout}
+           "ablate_unlearned": run_ablate_unlearned, "in_context": run_in_context, "heldout_relearn": run_heldout,
+           "relearn_speed": run_relearn_speed}
 
 
 def summary_table(rows: list[dict]) -> str:

@@ -19,7 +19,7 @@ from rmu.config.schema import CONF_DIR
 from rmu.errors import ConfigError
 from rmu.models.loading import DTYPES
 
-ATTACKS = ("probe", "finetune", "ablate", "ablate_unlearned", "in_context", "heldout_relearn")
+ATTACKS = ("probe", "finetune", "ablate", "ablate_unlearned", "in_context", "heldout_relearn", "relearn_speed")
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -387,6 +387,8 @@ def check_attack_values(cfg: DictConfig) -> None:
             check_list(f"attack.finetune.{key}", f[key], kind="num")
         check_list("attack.finetune.lora_r", f.lora_r, kind="int")
         check_list("attack.finetune.steps", f.steps, kind="int")
+        check_list("attack.finetune.schedules", f.schedules, ("constant", "warmup_cosine"))
+        check_num("attack.finetune.weight_decay", f.weight_decay)
         for key in ("examples", "batch_size", "max_length"):
             check_int(f"attack.finetune.{key}", f[key], 1)
     if "ablate" in a.run:
@@ -407,3 +409,22 @@ def check_attack_values(cfg: DictConfig) -> None:
         check_num("attack.heldout_relearn.lr", h.lr, positive=True)
         for key in ("steps", "batch_size", "max_length", "lora_r"):
             check_int(f"attack.heldout_relearn.{key}", h[key], 1)
+        if h.splits is not None:
+            check_splits("attack.heldout_relearn.splits", h.splits)
+    if "relearn_speed" in a.run:
+        s = a.relearn_speed
+        if s.mode not in ("full", "lora"):
+            fail("attack.relearn_speed.mode", s.mode, "allowed: full, lora")
+        check_num("attack.relearn_speed.lr", s.lr, positive=True)
+        for i, k in enumerate(check_list("attack.relearn_speed.steps", s.steps, kind="int")):
+            check_int(f"attack.relearn_speed.steps[{i}]", k, 1)
+        for key in ("batch_size", "max_length", "lora_r"):
+            check_int(f"attack.relearn_speed.{key}", s[key], 1)
+        check_splits("attack.relearn_speed.splits", s.splits)
+
+
+def check_splits(key: str, splits) -> None:
+    """A non-empty list of splits with distinct names (their files are read by the plan)."""
+    names = [s.name for s in check_list(key, splits)]
+    if len(set(names)) != len(names):
+        fail(key, names, "needs distinct split names")

@@ -10,7 +10,7 @@ the same for `python -m rmu.attack`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -49,6 +49,9 @@ class AttackPlan:
     unrelated: data_mod.Corpus | None  # attack.finetune.unrelated, when the fine-tune grid runs
     ablate_layers: list[int] | None  # the edited layers, when the ablation runs
 
+    # name -> (texts fine-tuned on, questions about them, questions scored), for heldout_relearn
+    # with splits and relearn_speed
+    splits: dict[str, tuple[list[str], list, list]] = field(default_factory=dict)
 
 def storage_bytes(cfg: DictConfig, sizes: dict[str, int], updated: list[str]) -> tuple[int, int]:
     """(bytes of the output folder's weights, bytes of a resume state) estimated from the
@@ -238,4 +241,12 @@ def plan_attack(cfg: DictConfig) -> AttackPlan:
     retain = list({id(c): c for c in retain}.values())  # one per forget topic, often the same corpus repeated
     merged = data_mod.Corpus(name="+".join(c.name for c in retain), texts=[x for c in retain for x in c.texts],
                              max_length=max(c.max_length for c in retain)) if retain else None
-    return AttackPlan(sets=sets, forget=forget, retain=merged, unrelated=unrelated, ablate_layers=layers)
+    splits = {}
+    for name in ("heldout_relearn", "relearn_speed"):
+        if name in a.run and a[name].splits is not None:
+            for s in a[name].splits:
+                entry = {"name": s.name, "path": s.train, "max_length": a[name].max_length}
+                texts = data_mod.load_corpus(entry, cfg.data.min_chars, cfg.data.strictly_longer).texts
+                splits[s.name] = (texts, data_mod.load_mcq(s.trained), data_mod.load_mcq(s.test))
+    return AttackPlan(sets=sets, forget=forget, retain=merged, unrelated=unrelated, ablate_layers=layers,
+                      splits=splits)

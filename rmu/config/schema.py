@@ -9,6 +9,7 @@ composed config against these classes too. `MISSING` marks a value the YAML must
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -210,6 +211,8 @@ class FinetuneAttack:
     lora_r: List[int] = MISSING
     steps: List[int] = MISSING  # step counts scored within each run
     batch_size: int = MISSING
+    schedules: List[str] = MISSING  # constant | warmup_cosine (the durability attacks)
+    weight_decay: float = MISSING
     max_length: int = MISSING
 
 
@@ -232,6 +235,15 @@ class InContextAttack:
 
 
 @dataclass
+@dataclass
+class SplitConfig:
+    """A part of a forget domain whose facts say nothing about the rest (the lab's halves A / B)."""
+    name: str = MISSING  # its name in the summary
+    train: str = MISSING  # corpus (.jsonl of text) the attack fine-tunes on
+    trained: str = MISSING  # multiple-choice questions about the facts of `train`: what the attack teaches
+    test: str = MISSING  # multiple-choice questions scored
+
+
 class HeldoutRelearnAttack:
     mode: str = MISSING
     lr: float = MISSING
@@ -240,6 +252,18 @@ class HeldoutRelearnAttack:
     max_length: int = MISSING
     lora_r: int = MISSING
 
+    splits: Optional[List[SplitConfig]] = None  # null: halves of each forget set's questions; or fine-tune on documents
+
+
+@dataclass
+class RelearnSpeedAttack:
+    splits: List[SplitConfig] = MISSING
+    mode: str = MISSING
+    lr: float = MISSING
+    steps: List[int] = MISSING  # step counts scored within one run
+    batch_size: int = MISSING
+    max_length: int = MISSING
+    lora_r: int = MISSING
 
 @dataclass
 class AttackConfig:
@@ -251,6 +275,7 @@ class AttackConfig:
     in_context: Optional[InContextAttack] = None
     heldout_relearn: Optional[HeldoutRelearnAttack] = None
 
+    relearn_speed: Optional[RelearnSpeedAttack] = None
 
 @dataclass
 class AttackCommand:
@@ -295,11 +320,19 @@ def config_groups(command: str) -> str:
 
 
 def _register() -> None:
+def lab_dir(name: str) -> str:
+    """`${rmu_lab:<name>}` in a config: the folder `python -m rmu.lab` builds the lab `name`
+    in ($RMU_CACHE/lab/<name>, RMU_CACHE defaulting to ~/.cache/rmu)."""
+    return str(Path(os.environ.get("RMU_CACHE", Path.home() / ".cache" / "rmu")) / "lab" / name)
+
+
     store = ConfigStore.instance()
     for name, node in COMMANDS.items():
         store.store(name=f"{name}_schema", node=node)
     if not OmegaConf.has_resolver("rmu_groups"):
         OmegaConf.register_new_resolver("rmu_groups", config_groups)
 
+    if not OmegaConf.has_resolver("rmu_lab"):
+        OmegaConf.register_new_resolver("rmu_lab", lab_dir)
 
 _register()
