@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from rmu import data as data_mod
 from rmu.models import loading as models
 from rmu.models import architectures
+from rmu.models.weights import check_weights
 from rmu.run.checkpoint import check_output_dir, check_writable
 from rmu.config.checks import check_attack_values, check_train_values, fail, plain
 from rmu.evaluation.results import RunResults
@@ -65,15 +66,31 @@ def storage_bytes(cfg: DictConfig, sizes: dict[str, int], updated: list[str]) ->
 
 
 def read_model_config(mcfg, key: str):
-    """The model's config (no weights), or a ConfigError naming `<key>.path`."""
+    """The model's config (no weights), or a ConfigError naming `<key>.path`: also when the
+    model is not what it claims to be (models are what they claim, README "Nothing lost"):
+    a folder of weights that `<key>.arch` would ignore, not a decoder-only causal LM,
+    damaged or truncated weights (rmu/models/weights.py)."""
+    local = Path(mcfg.path).expanduser() if models.looks_local(mcfg.path) else None
+    if mcfg.arch is not None and local is not None and local.is_dir() and models.weight_files(local):
+        fail(f"{key}.path", mcfg.path, f"holds a model's weights ({models.weight_files(local)[0]}), but {key}.arch is "
+                                       f"set, which builds a randomly initialised {mcfg.arch.get('model_type')} model "
+                                       f"and reads only the tokenizer from this folder; add {key}.arch=null to use "
+                                       f"these weights")
     try:
-        return models.read_config(mcfg)
+        config = models.read_config(mcfg)
     except (OSError, ValueError) as e:  # no such folder / Hub id, no network, unknown architecture
         if "custom code" in str(e) and not mcfg.trust_remote_code:
             fail(f"{key}.path", mcfg.path, f"holds custom model code, which rmu runs only with "
                                            f"{key}.trust_remote_code=true (set it only for code you trust)")
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         fail(f"{key}.path", mcfg.path, f"cannot read the model's config ({first_line})")
+    problem = models.not_a_causal_lm(config, mcfg.trust_remote_code)
+    if problem:
+        fail(f"{key}.path" if mcfg.arch is None else f"{key}.arch", mcfg.path if mcfg.arch is None else plain(mcfg.arch),
+             f"{problem}; rmu needs a decoder-only causal language model (…ForCausalLM: Llama, Mistral, Qwen, GPT-2, …)")
+    if mcfg.arch is None and local is not None:
+        check_weights(local, f"{key}.path")
+    return config
 
 
 def load_eval_sets(e) -> list[tuple[str, str, list[data_mod.MCQItem]]]:

@@ -112,6 +112,52 @@ def parameter_layout(config, trust_remote_code: bool = False) -> tuple[dict[str,
     return {name: p.numel() for name, p in model.named_parameters()}, prefix
 
 
+CAUSAL_CLASSES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")  # how causal LM classes end
+
+
+def not_a_causal_lm(config, trust_remote_code: bool = False) -> str | None:
+    """Why a model of this config is not a decoder-only causal language model (what RMU
+    and every attack need: a stack of decoder layers predicting the next token), or None.
+    Checked on the config and on the model built on the meta device (no weights): an
+    encoder-decoder; a type transformers has no causal LM for; weights saved for another
+    head (`architectures`: BertForMaskedLM, …ForSequenceClassification); attention that sees
+    the whole text (BERT and its kin build a "causal LM" class that stays an encoder)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
+    from transformers.utils import logging as hf_logging
+
+    kind = config.model_type
+    if getattr(config, "is_encoder_decoder", False):
+        return f"is an encoder-decoder model ({kind})"
+    custom = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if kind not in CAUSAL and not custom:
+        return f"is a {kind} model, for which transformers has no causal language model"
+    known = {c for v in CAUSAL.values() for c in ((v,) if isinstance(v, str) else v)}
+    saved = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
+    if saved and not any(a in known or a.endswith(CAUSAL_CLASSES) for a in saved):
+        return f"holds a {' / '.join(saved)} ({kind}), whose weights were saved for another task than next-token prediction"
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # BERT's "add is_decoder=True" advice: the sentence below says it
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"cannot be built as a causal language model ({first})"
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    flags = {m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)}
+    if flags == {False}:
+        return f"is an encoder ({kind}: its attention sees the whole text, not only the tokens before each one)"
+    return None
+
+
+def weight_files(folder: Path) -> list[str]:
+    """The model weight files of a local folder (not the control vectors rmu saves beside them)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != "control_vectors.safetensors" and (
+        p.suffix in (".safetensors", ".bin", ".pt", ".pth") or p.name.endswith(".index.json")))
+
+
 def _matches(pattern: str, name: str) -> bool:
     if pattern.startswith("re:"):
         return re.fullmatch(pattern[3:], name) is not None

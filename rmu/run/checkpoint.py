@@ -8,11 +8,19 @@ model where the user expects one. Every folder rmu publishes holds a marker,
 only when that marker is there and the folder holds nothing else, and never the working
 folder or a folder that contains the model being read (`check_output_dir`): whatever
 rmu did not write, it does not delete.
+
+Single files (rmu.eval's output_file, reports, sweep summaries, `make robust`'s tables) keep
+the same rule (write_output_file): written to a hidden temporary file and renamed into
+place, recorded in their folder's marker with the command that wrote them and their
+SHA-256, and replaced only by that command while unchanged. A published folder's marker
+holds every file's SHA-256, which the weights are verified against before they are read
+or exported (rmu/models/weights.py).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -43,7 +51,7 @@ def written_by_rmu(folder: Path) -> tuple[bool, list[str]]:
     """(whether the marker names this folder as rmu's, the entries rmu did not write)."""
     try:
         marker = json.loads((folder / MARKER).read_text())
-        ours = set(marker["files"]) | {MARKER}
+        ours = set(marker["files"]) | set(marker.get("written") or {}) | {MARKER}
     except (OSError, ValueError, KeyError, TypeError):
         return False, []
     return True, sorted(p.name for p in folder.iterdir() if p.name not in ours)
@@ -109,6 +117,115 @@ def check_writable(path: str, needed_bytes: int = 0, what: str = "the output", k
                           f"{parent} has {free / GIB:.2f} GiB free; free some space or choose another {key}")
 
 
+def read_marker(folder: Path) -> dict:
+    """The folder's marker ({} where there is none or it cannot be read)."""
+    try:
+        marker = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _why_not_replace(path: Path, command: str, overwrite: bool, key: str | None) -> str | None:
+    """Why `command` may not write `path`, or None. It may create it, and replace it only where
+    the folder's marker records that `command` wrote it and it is unchanged since (and then
+    only with `overwrite`)."""
+    name = f"{key}={path}" if key else str(path)
+    if path.is_dir():
+        return f"{name}: is a folder; give the path of a file"
+    if not (path.exists() or path.is_symlink()):
+        return None
+    marker = read_marker(path.parent)
+    entry = (marker.get("written") or {}).get(path.name)
+    if not isinstance(entry, dict):
+        why = ("is part of the output folder rmu wrote there" if path.name in (marker.get("files") or [])
+               else "was not written by rmu")
+    elif entry.get("by") != command:
+        why = f"was written by {entry.get('by')}"
+    elif path.is_symlink() or entry.get("sha256") != file_sha256(path):
+        why = f"was changed since {command} wrote it"
+    elif not overwrite:
+        return f"{name}: already exists (written by {command}); set overwrite=true to replace it" + (
+            f" or choose another {key}" if key else "")
+    else:
+        return None
+    return (f"{name}: already exists and {why}; {command} replaces only a file it wrote, unchanged since: "
+            f"move it away" + (f" or choose another {key}" if key else ""))
+
+
+def check_output_file(path: str | Path, command: str, overwrite: bool = True, key: str | None = None) -> None:
+    """Before the work: `command` may write the file `path` (see write_output_file) and can
+    create a file beside it. `overwrite`: whether a file it wrote itself may be replaced."""
+    p = Path(path).expanduser().absolute()
+    why = _why_not_replace(p, command, overwrite, key)
+    if why:
+        raise ConfigError(why)
+    check_writable(str(p), key=key or "output")
+
+
+def _free_sibling(path: Path) -> Path:
+    for i in range(1, 1000):
+        candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
+        if not (candidate.exists() or candidate.is_symlink()):
+            return candidate
+    raise OutputError(f"{path}: no free name beside it")
+
+
+def _write_atomically(path: Path, content) -> None:
+    """`content` (text, bytes, or a function that writes the path it is given) into a hidden
+    temporary file beside `path`, renamed over it once complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        if callable(content):
+            content(tmp)
+        elif isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            tmp.write_text(content)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # mkstemp's file is private; give it the modes of any new file
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_output_file(path: str | Path, content, command: str, overwrite: bool = True,
+                      key: str | None = None) -> Path:
+    """Write one file atomically and record it in its folder's marker as `command`'s, never
+    replacing a file `command` did not write (or one changed since it wrote it): the marker
+    rule of output folders (check_output_dir), for single files. `overwrite`: whether a
+    file `command` wrote itself may be replaced. Call check_output_file before the work;
+    if the destination changed during the work so that it may not be replaced, the content
+    goes to a visible sibling (`name-1.ext`) and the error says where. Returns the path."""
+    p = Path(path).expanduser().absolute()
+    why = _why_not_replace(p, command, overwrite, key)
+    target = _free_sibling(p) if why else p
+    _write_atomically(target, content)
+    marker = read_marker(target.parent) or {"written_by": "rmu"}
+    sha = file_sha256(target)
+    marker.setdefault("written", {})[target.name] = {"by": command, "sha256": sha,
+                                                     "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if target.name in (marker.get("sha256") or {}):
+        marker["sha256"][target.name] = sha
+    _write_atomically(target.parent / MARKER, json.dumps(marker, indent=1) + "\n")
+    if why:
+        raise OutputError(f"{why}; what {command} wrote is kept in {target}")
+    return target
+
+
 def _publish_elsewhere(tmp: Path, final: Path) -> Path:
     """A visible sibling for a finished folder that cannot go where it was meant to."""
     for i in range(1, 1000):
@@ -133,7 +250,7 @@ def staged_output(final: str | Path, overwrite: bool, run_id: str | None = None)
     try:
         yield tmp
         pause_point("publish")
-        (tmp / MARKER).write_text(json.dumps({**_owner(run_id), "files": sorted(p.name for p in tmp.iterdir())}))
+        (tmp / MARKER).write_text(json.dumps(_published_marker(tmp, run_id)))
         _usual_modes(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -153,6 +270,18 @@ def staged_output(final: str | Path, overwrite: bool, run_id: str | None = None)
         kept = _publish_elsewhere(tmp, final)
         cause = str(e) if isinstance(e, ConfigError) else f"{e.strerror or e}"
         raise OutputError(f"could not publish {final} ({cause}); the finished output is kept in {kept}") from None
+
+
+def _published_marker(folder: Path, run_id: str | None) -> dict:
+    """The marker of a finished folder: whose it is, its entries, every file's SHA-256 (what
+    weights are verified against before they are read or exported, rmu/models/weights.py)
+    and the files a command wrote into it on its own (`written`, write_output_file)."""
+    marker = {**_owner(run_id), "files": sorted(p.name for p in folder.iterdir()),
+              "sha256": {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MARKER}}
+    written = read_marker(folder).get("written")
+    if written:
+        marker["written"] = written
+    return marker
 
 
 def _owner(run_id: str | None = None) -> dict:
