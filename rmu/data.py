@@ -45,10 +45,17 @@ def resolve_path(path: str) -> Path:
     return Path(path).expanduser()
 
 
-def _lines(path: Path):
-    """(line number, text) of a UTF-8 text file; a DataError naming the line that is not UTF-8."""
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; give one file (a corpus: .jsonl with one JSON object per line, or "
+                        f".txt with one text per line; a multiple-choice set: .jsonl)")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+
+
+def _lines(path: Path):
+    """(line number, text) of a UTF-8 text file; a DataError naming the line that is not UTF-8."""
+    _check_file(path)
     try:
         with open(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
@@ -81,6 +88,7 @@ def load_texts(entry: dict, min_chars: int, strictly_longer: bool = False) -> li
     field = entry.get("field", "text")
     if entry.get("path"):
         path = resolve_path(entry["path"])
+        _check_file(path)
         if field is None:  # every line as it is in the file
             texts = [line for _, line in _lines(path)]
         elif path.suffix == ".jsonl":

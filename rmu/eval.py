@@ -5,14 +5,15 @@ and, with `harness.tasks`, on lm-evaluation-harness tasks (rmu/evaluation/harnes
     python -m rmu.eval model.path=outputs/rmu-20261124-101500 output_file=eval.json
     python -m rmu.eval model.path=outputs/rmu-20261124-101500 harness.tasks=[wmdp_bio,wmdp_cyber,mmlu]
 
-`eval.sets=[]` skips the built-in sets.
+`eval.sets=[]` skips the built-in sets. `output_file` is checked before the model loads and
+written atomically; it replaces only a file rmu.eval wrote itself (its folder's marker says
+so), and that only with `overwrite=true` (rmu/run/checkpoint.py, write_output_file).
 """
 
 from __future__ import annotations
 
 import sys
 import json
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -24,7 +25,10 @@ from rmu.config.schema import CONF_DIR
 from rmu.evaluation.harness import run_harness
 from rmu.evaluation.mcq import evaluate, format_table
 from rmu.models.loading import load_model
+from rmu.run.checkpoint import check_output_file, write_output_file
 from rmu.run.cli import run_command
+
+COMMAND = "rmu.eval"
 
 
 def run(cfg: DictConfig) -> dict:
@@ -35,6 +39,8 @@ def run(cfg: DictConfig) -> dict:
     sets = load_eval_sets(cfg.eval)
     look_up_harness_tasks(cfg.harness)
     read_model_config(cfg.model, "model")
+    if cfg.output_file:
+        check_output_file(cfg.output_file, COMMAND, cfg.overwrite, key="output_file")
 
     model, tokenizer = load_model(cfg.model, cfg.seed)
     print(f"model: {cfg.model.path}")
@@ -47,7 +53,9 @@ def run(cfg: DictConfig) -> dict:
         print(harness.pop("table"))
         report["harness"] = harness
     if cfg.output_file:
-        Path(cfg.output_file).write_text(json.dumps(report, indent=2) + "\n")
+        written = write_output_file(cfg.output_file, json.dumps(report, indent=2) + "\n", COMMAND, cfg.overwrite,
+                                    key="output_file")
+        print(f"eval: wrote {written}")
     return report
 
 

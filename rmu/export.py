@@ -25,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from rmu.config.checks import check_export_target, check_schema, fail, is_repo_id
 from rmu.config.overrides import check_command_line
 from rmu.config.schema import CONF_DIR
-from rmu.errors import ExportError
-from rmu.evaluation.results import RunResults
+from rmu.errors import ConfigError, ExportError
+from rmu.evaluation.results import ANY, NUMBER, RunResults, list_of, map_of, optional, read_metrics, schema_problem
+from rmu.models.weights import check_weights
 from rmu.run.checkpoint import MARKER, check_output_dir, check_writable, folder_size, staged_output
 from rmu.run.cli import run_command
 from rmu.run.lock import OutputLock
@@ -37,13 +38,43 @@ HARNESS_DATASETS = {"wmdp_bio": ("cais/wmdp", "wmdp-bio"), "wmdp_cyber": ("cais/
                     "wmdp_chem": ("cais/wmdp", "wmdp-chem"), "mmlu": ("cais/mmlu", "all")}
 
 
+# What the model card reads of rmu_config.yaml (rmu/evaluation/results.py's spec language).
+RUN_CONFIG = {"seed": int,
+              "model": {"name": str, "path": str, "dtype": str, "hub_id": optional(str), "arch": optional(map_of(ANY))},
+              "data": {"forget": list_of({"name": str, "dataset": optional(str)}),
+                       "retain": list_of({"name": str, "dataset": optional(str)})},
+              "rmu": {"steering_coeff": ANY, "auto_beta": optional(NUMBER), "mask_padding": bool,
+                      "numerics": optional(str)},
+              "robust": optional(map_of(ANY)),
+              "optim": {"name": optional(str), "lr": NUMBER, "weight_decay": NUMBER, "eps": NUMBER},
+              "trainer": {"batch_size": int},
+              "adapter": optional({"r": int, "alpha": NUMBER, "target_modules": ANY})}
+
+
 def _read_run(checkpoint: Path) -> tuple[dict, RunResults]:
+    """The run's config and results, its metrics and weights checked: everything the Hub
+    folder will hold is what it claims before anything is copied."""
     for name in ("rmu_config.yaml", "results.json"):
         if not (checkpoint / name).is_file():
             fail("checkpoint", str(checkpoint), f"is not a run folder written by rmu.train (no {name})")
     if not (checkpoint / "config.json").is_file() and not (checkpoint / "adapter_config.json").is_file():
         fail("checkpoint", str(checkpoint), "holds neither a model (config.json) nor an adapter (adapter_config.json)")
-    return yaml.safe_load((checkpoint / "rmu_config.yaml").read_text()), RunResults.read(checkpoint)
+    path = checkpoint / "rmu_config.yaml"
+    try:
+        run_cfg = yaml.safe_load(path.read_text())
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or type(e).__name__}); "
+                          "not the rmu_config.yaml an rmu.train run writes (damaged or edited)") from None
+    problem = schema_problem(run_cfg, RUN_CONFIG)
+    if problem:
+        raise ConfigError(f"{path}: {problem}; not the rmu_config.yaml an rmu.train run writes (damaged or edited)")
+    results = RunResults.read(checkpoint)
+    if (checkpoint / "metrics.jsonl").exists():  # copied to the Hub as it is: checked like the rest
+        read_metrics(checkpoint)
+    check_weights(checkpoint, "checkpoint")
+    return run_cfg, results
 
 
 def _eval_results(results: RunResults):

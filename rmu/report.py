@@ -2,25 +2,27 @@
 
 Writes `report.png` (forget and retain loss per step; accuracy before and after on every
 evaluation set against chance) and `report.md` into the run folder. `rmu.train` writes
-both at the end of every run.
+both at the end of every run. The inputs are checked against their shapes first
+(rmu/evaluation/results.py), and a report is replaced only where rmu.report drew it and
+nobody changed it since (rmu/run/checkpoint.py, write_output_file): a hand-written
+report.md stays.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from rmu.run.checkpoint import check_output_file, write_output_file
 from rmu.run.cli import run_command
 from rmu.errors import ConfigError
-from rmu.evaluation.results import RunResults
+from rmu.evaluation.results import RunResults, read_metrics
+
+COMMAND = "rmu.report"
 
 
-def _rows(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
-def plot(folder: Path, rows: list[dict], results: RunResults) -> Path:
+def plot(out: Path, rows: list[dict], results: RunResults) -> None:
+    """Draw the report's figure into the PNG file `out`."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -54,10 +56,8 @@ def plot(folder: Path, rows: list[dict], results: RunResults) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle(f"RMU on {results.model}: hooked layer {results.layer_id}, {results.steps} steps")
     fig.tight_layout()
-    out = folder / "report.png"
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, format="png")
     plt.close(fig)
-    return out
 
 
 def summary(rows: list[dict], results: RunResults) -> str:
@@ -83,10 +83,16 @@ def write_report(folder: str | Path) -> tuple[Path, Path]:
     for name in ("metrics.jsonl", "results.json"):
         if not (folder / name).is_file():
             raise ConfigError(f"{folder} is not a run folder written by rmu.train (no {name})")
-    rows, results = _rows(folder), RunResults.read(folder)
-    png = plot(folder, rows, results)
-    md = folder / "report.md"
-    md.write_text(summary(rows, results))
+    rows, results = read_metrics(folder), RunResults.read(folder)
+    missing = [t for t in results.topics if not any(r["topic"] == t for r in rows)]
+    if missing:
+        raise ConfigError(f"{folder / 'metrics.jsonl'}: no row of topic {missing[0]!r}, which results.json names; "
+                          "the two files are not of the same run")
+    png, md = folder / "report.png", folder / "report.md"
+    for path in (png, md):  # both, before drawing either
+        check_output_file(path, COMMAND)
+    write_output_file(png, lambda tmp: plot(tmp, rows, results), COMMAND)
+    write_output_file(md, summary(rows, results), COMMAND)
     return png, md
 
 

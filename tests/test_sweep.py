@@ -66,7 +66,7 @@ def test_output_dir_given_on_the_command_line_is_kept_in_a_sweep(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["output_dir"] for r in rows(tmp_path / "sweep")] == [str(tmp_path / "a10"), str(tmp_path / "a20")]
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [  # no empty job folders
-        ".jobs", ".summary.lock", "multirun.yaml", "summary.csv", "summary.md"]
+        ".jobs", ".rmu-output.json", ".summary.lock", "multirun.yaml", "summary.csv", "summary.md"]
 
 
 def slurm_available() -> str | None:

@@ -17,6 +17,9 @@ Then it writes `<out>/results.md` (recipe × attack: gap_recovered median and sp
 seeds, the resistance to the same attack on the base model, clean forget and general
 accuracy, training time per step relative to the first recipe) and `<out>/robust.png`
 (clean forget accuracy against worst gap_recovered, one point per recipe, bars over seeds).
+Both are checked before any run starts and replaced only where `make robust` wrote them and
+nobody changed them since (the folder's .rmu-output.json records them; rmu/run/checkpoint.py,
+write_output_file): a hand-edited results.md is never overwritten.
 """
 
 from __future__ import annotations
@@ -36,7 +39,28 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))  # rmu from this checkout, also when it is not installed
-from rmu.evaluation.results import RunResults  # noqa: E402
+from rmu.errors import RmuError  # noqa: E402
+from rmu.evaluation.results import NUMBER, ANY, RunResults, list_of, map_of, optional, schema_problem  # noqa: E402
+from rmu.run.checkpoint import check_output_file, write_output_file  # noqa: E402
+
+COMMAND = "make robust"
+# What collect() reads of an attack's results.json (rmu/attack/cli.py writes it).
+ATTACK_RESULTS = {"attacks": map_of(ANY), "seconds": {"total": NUMBER},
+                  "summary": list_of({"attack": str, "set": str, "role": str, "gap_recovered": optional(NUMBER),
+                                      "resistance": optional(NUMBER)})}
+
+
+def read_attack(folder: Path) -> dict:
+    path = folder / "results.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {path}: not the results.json of an rmu.attack run ({type(e).__name__}: {e})")
+    problem = schema_problem(data, ATTACK_RESULTS)
+    if problem:
+        sys.exit(f"error: {path}: not the results.json of an rmu.attack run: {problem} (damaged or edited); "
+                 f"move the folder away and run again to redo that attack")
+    return data
 
 
 def load_config(path: Path) -> dict:
@@ -111,7 +135,7 @@ def collect(cfg: dict, work: Path) -> dict:
         seeds = []
         for s in cfg["seeds"]:
             run = RunResults.read(work / recipe / f"seed{s}")
-            attack = json.loads((work / recipe / f"seed{s}-attack" / "results.json").read_text())
+            attack = read_attack(work / recipe / f"seed{s}-attack")
             retain = [e["base"]["acc"] for e in run.eval.values() if e["role"] == "retain"]
             seeds.append({"forget": run.mean_unlearned_acc("forget"), "general": run.mean_unlearned_acc("retain"),
                           "base_general": sum(retain) / len(retain) if retain else None,
@@ -199,7 +223,7 @@ def plot(data: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -212,11 +236,15 @@ def main(argv=None) -> None:
     cfg = load_config(args.config)
     work = Path(cfg.get("work_dir") or args.out / "runs").absolute()
     started = time.perf_counter()
-    run_all(cfg, work, args.launcher)
-    data = collect(cfg, work)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text(results_md(cfg, data))
-    plot(data, args.out / "robust.png")
+    try:
+        for name in ("results.md", "robust.png"):  # before hours of training, not after
+            check_output_file(args.out / name, COMMAND)
+        run_all(cfg, work, args.launcher)
+        data = collect(cfg, work)
+        write_output_file(args.out / "results.md", results_md(cfg, data), COMMAND)
+        write_output_file(args.out / "robust.png", lambda tmp: plot(data, tmp), COMMAND)
+    except RmuError as e:
+        sys.exit(f"error: {e}")
     print(f"robust: wrote {args.out / 'results.md'} and {args.out / 'robust.png'} "
           f"({(time.perf_counter() - started) / 60:.1f} min in this call)")
 

@@ -175,6 +175,7 @@ class EvalCommand:
     """python -m rmu.eval (conf/eval.yaml)."""
     seed: int = MISSING
     output_file: Optional[str] = MISSING
+    overwrite: bool = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     harness: HarnessConfig = field(default_factory=HarnessConfig)

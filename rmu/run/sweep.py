@@ -16,7 +16,9 @@ RMU runs needs on top:
   its overrides, status, final forget and retain accuracy and time. Jobs on a cluster run
   in their own processes and finish in any order, so the callback runs inside each job
   (`on_job_end`) and the rewrite holds a file lock; the launching process prints the
-  table when the sweep ends.
+  table when the sweep ends. The two files are written atomically and replace only a
+  summary a sweep wrote (rmu/run/checkpoint.py, write_output_file); a sweep folder holding
+  another summary.md or summary.csv is refused before the first job starts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import fcntl
 import io
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -34,7 +37,12 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from rmu.errors import RmuError
 from rmu.evaluation.results import RunResults
+from rmu.run.checkpoint import check_output_file, write_output_file
+
+COMMAND = "the sweep summary"
+SUMMARIES = ("summary.md", "summary.csv")
 
 
 def in_sweep() -> bool:
@@ -102,13 +110,13 @@ def write_summary(sweep_dir: Path) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         records = read_records(sweep_dir)
         table = summary_table(sweep_dir, records)
-        _replace(sweep_dir / "summary.md", table)
+        write_output_file(sweep_dir / "summary.md", table, COMMAND)
         rows = io.StringIO()
         fields = ["job", "status", "overrides", "forget_acc", "retain_acc", "seconds", "output_dir", "error"]
         writer = csv.DictWriter(rows, fieldnames=fields)
         writer.writeheader()
         writer.writerows({**r, "overrides": " ".join(r["overrides"])} for r in records)
-        _replace(sweep_dir / "summary.csv", rows.getvalue())
+        write_output_file(sweep_dir / "summary.csv", rows.getvalue(), COMMAND)
     return table
 
 
@@ -117,6 +125,17 @@ class SweepSummary(Callback):
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """Before the first job: the summaries can be written without replacing a file the
+        sweep did not write. (Hydra turns a callback's exception into a warning and goes on:
+        the refusal ends the sweep itself.)"""
+        try:
+            for name in SUMMARIES:
+                check_output_file(Path(config.hydra.sweep.dir) / name, COMMAND)
+        except RmuError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         self.started = time.perf_counter()
