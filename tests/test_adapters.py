@@ -1,5 +1,6 @@
-"""LoRA mode on the tiny random Llama: the frozen pass is the base model, the base weights
-never move, merging changes nothing the model computes, and both output forms load."""
+"""LoRA mode (rmu/models/adapters.py) on the tiny random Llama: the frozen pass is the base
+model, the base weights never move, merging changes nothing the model computes, and both
+output forms load."""
 
 from pathlib import Path
 

@@ -1,73 +1,13 @@
-"""The real command line: `python -m rmu.train` / `python -m rmu.eval` in subprocesses,
-on the tiny random model, and every bad input the trainer must refuse early."""
-
-import json
+"""What every `python -m rmu.<command>` does around its function (rmu/run/cli.py): every bad
+input refused early in one sentence, through the real command line and in-process, keys a
+run would not use, and `--help` listing only the groups a command accepts. (Each command's
+own runs: test_train.py, test_eval.py, test_attack.py, test_export.py, test_report.py.)"""
 
 import pytest
-import torch
-from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import rmu.train
 import rmu.unlearn.recipe
 from tests.conftest import TINY, run_cli
-
-
-def test_train_writes_a_complete_hugging_face_folder(tmp_path):
-    out = tmp_path / "run"
-    proc = run_cli("rmu.train", *TINY, f"output_dir={out}")
-    assert proc.returncode == 0, proc.stderr
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "rmu_config.yaml",
-                 "control_vectors.safetensors", "metrics.jsonl", "results.json", "eval_table.txt", "report.png",
-                 "report.md"):
-        assert (out / name).is_file(), name
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary folder left behind
-    model = AutoModelForCausalLM.from_pretrained(out)
-    tok = AutoTokenizer.from_pretrained(out)
-    assert model.config.num_hidden_layers == 4 and tok("hi").input_ids
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    assert [r["step"] for r in rows] == [0, 1, 2, 3] and [r["topic"] for r in rows] == ["chem", "astro"] * 2
-    for key in ("forget_loss", "retain_loss", "forget_norm", "retain_norm", "retain_cos_frozen"):
-        assert all(isinstance(r[key], float) for r in rows), key
-    with safe_open(out / "control_vectors.safetensors", "pt") as f:
-        controls = f.get_tensor("control_vectors")
-        assert json.loads(f.metadata()["topics"]) == ["chem", "astro"]
-    assert torch.allclose(controls.norm(dim=-1), torch.tensor([10.0, 10.0]))
-    assert "layer_id: 2" in (out / "rmu_config.yaml").read_text()
-
-
-@pytest.mark.slow
-def test_eval_cli_scores_a_trained_checkpoint(tmp_path):
-    out = tmp_path / "run"
-    assert run_cli("rmu.train", *TINY, f"output_dir={out}").returncode == 0
-    proc = run_cli("rmu.eval", f"model.path={out}", "model.arch=null", "model.device=cpu",
-                   f"output_file={tmp_path / 'eval.json'}")
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads((tmp_path / "eval.json").read_text())["results"]
-    assert set(results) == {"chem", "astro", "general"}
-    assert results["chem"]["n"] == 90 and 0 <= results["chem"]["acc"] <= 1
-    assert "acc_norm" in proc.stdout
-
-
-@pytest.mark.slow
-def test_existing_output_is_never_overwritten_unless_asked(tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "precious.txt").write_text("keep me")
-    proc = run_cli("rmu.train", *TINY, f"output_dir={out}")
-    assert proc.returncode != 0
-    assert "already exists and is not empty" in proc.stderr and "overwrite=true" in proc.stderr
-    assert (out / "precious.txt").read_text() == "keep me"
-    proc = run_cli("rmu.train", *TINY, f"output_dir={out}", "overwrite=true")
-    assert proc.returncode != 0 and "was not written by rmu" in proc.stderr  # rmu deletes only its own folders
-    assert (out / "precious.txt").read_text() == "keep me"
-    (out / "precious.txt").unlink()
-    assert run_cli("rmu.train", *TINY, f"output_dir={out}").returncode == 0
-    first = (out / "model.safetensors").read_bytes()
-    proc = run_cli("rmu.train", *TINY, f"output_dir={out}", "overwrite=true", "seed=1")
-    assert proc.returncode == 0, proc.stderr  # a folder rmu wrote, holding nothing else: replaced
-    assert (out / "model.safetensors").read_bytes() != first
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def corrupt_file(tmp_path, kind):
@@ -128,24 +68,6 @@ def test_unknown_key_without_plus_is_rejected_by_hydra(tmp_path):
     assert proc.returncode != 0 and "foo" in proc.stderr
 
 
-def test_non_finite_loss_stops_names_the_step_and_writes_nothing(tmp_path):
-    out = tmp_path / "run"
-    proc = run_cli("rmu.train", *TINY, f"output_dir={out}", "optim.lr=1e30", "trainer.max_steps=6")
-    assert proc.returncode != 0
-    assert "non-finite loss at step 1" in proc.stderr, proc.stderr
-    assert "nothing was written" in proc.stderr
-    assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary sibling
-
-
-def test_eval_cli_refuses_bad_input_clearly(tmp_path):
-    proc = run_cli("rmu.eval", "+eval.shots=5")
-    assert proc.returncode != 0 and "unknown config key 'eval.shots'" in proc.stderr
-    bad = tmp_path / "q.jsonl"
-    bad.write_text('{"question": "q?", "choices": ["a"], "answer": 0}\n')
-    proc = run_cli("rmu.eval", f"eval.sets=[{{name: x, path: {bad}, role: forget}}]")
-    assert proc.returncode != 0 and "q.jsonl, line 1: need 'question'" in proc.stderr, proc.stderr
-
-
 @pytest.mark.parametrize("overrides,message", [
     (["adapter=lora", "rmu.update_params=[mlp.up_proj.weight]"],
      "rmu.update_params=['mlp.up_proj.weight']: is not used with adapter=lora"),
@@ -171,7 +93,7 @@ def test_attack_data_is_checked_before_any_model_loads(tmp_path):
 
 @pytest.mark.parametrize("command,listed,absent", [
     ("rmu.train", ["rmu: default", "adapter: lora, none", "debug: tiny", "hydra/launcher: slurm"], ["attack:"]),
-    ("rmu.attack", ["attack: ablate, ablate_unlearned, all, finetune, heldout_relearn, in_context, probe", "model: "],
+    ("rmu.attack", ["attack: ablate, ablate_unlearned, all, finetune, heldout_relearn, in_context, lab, probe, relearn_speed", "model: "],
      ["rmu: ", "adapter:"]),
     ("rmu.eval", ["model: ", "harness: default", "eval: bundled, none, wmdp"], ["attack:", "rmu: ", "hydra/launcher"]),
 ])

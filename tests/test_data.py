@@ -1,4 +1,5 @@
-"""Corpus and multiple-choice loading from every supported source, on local files."""
+"""Corpus and multiple-choice loading (rmu/data.py) from every supported source, on local
+files, and the reference code's way of reading its corpora."""
 
 import json
 
@@ -99,3 +100,17 @@ def test_wmdp_data_config_loads_local_copies_in_the_published_format(tmp_path, m
     assert plan.topics == ["bio", "cyber"]
     assert [len(c.texts) for c in plan.forget] == [3, 4] and plan.forget[1].max_length == 768
     assert plan.retain[0].texts == plan.retain[1].texts == [f"{LONG} wiki"]  # short lines dropped, shared
+
+
+def test_raw_lines_and_strictly_longer_read_as_the_reference_does(tmp_path):
+    rows = [{"text": ""}, {"text": "x"}, {"text": "a longer text"}, {"text": ""}]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n" + json.dumps({"text": "last"}))
+    assert load_texts({"path": str(path), "field": "text"}, 0) == ["", "x", "a longer text", "", "last"]
+    assert load_texts({"path": str(path), "field": "text"}, 0, strictly_longer=True) == ["x", "a longer text", "last"]
+    raw = load_texts({"path": str(path), "field": None}, 0, strictly_longer=True)
+    assert raw == [json.dumps(r) + "\n" for r in rows] + ["\n", json.dumps({"text": "last"})]
+    # '{"text": ""}\n' is 13 characters: dropped by len > 13, kept by len >= 13
+    longer = [json.dumps(rows[1]) + "\n", json.dumps(rows[2]) + "\n", json.dumps({"text": "last"})]
+    assert load_texts({"path": str(path), "field": None}, 13, strictly_longer=True) == longer
+    assert len(load_texts({"path": str(path), "field": None}, 13)) == len(longer) + 2

@@ -1,4 +1,6 @@
-"""Several processes (gloo on CPU) through the real launchers, and preemption / resume."""
+"""Several processes (rmu/run/distributed.py; gloo on CPU) through the real launchers: they
+end where one process with the whole batch does, and a failure on one rank stops every rank.
+(FSDP: test_fsdp.py; preemption and resume: test_resume.py.)"""
 
 import json
 import os
@@ -8,13 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from safetensors.torch import load_file
 
-from rmu.config.checks import check_fsdp
-from rmu.errors import ConfigError
-
-from tests.conftest import ENV, ROOT, RUN, assert_same_weights, free_port_pair, run_cli, sigterm_then_resume
+from tests.conftest import ENV, ROOT, RUN, assert_same_weights, free_port_pair, run_cli
 
 
 def launch(launcher: list[str], *overrides: str) -> subprocess.CompletedProcess:
@@ -69,24 +66,6 @@ def test_robust_stages_on_two_processes_end_where_one_process_does(tmp_path):
         assert a["mask_kept"] == pytest.approx(b["mask_kept"], abs=1e-3)
 
 
-@pytest.mark.slow
-def test_sigterm_then_restart_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
-    long = [o for o in RUN if not o.startswith("trainer.max_steps")] + [
-        "trainer.max_steps=200", "trainer.batch_size=4", "trainer.save_every=20"]
-    sigterm_then_resume(tmp_path, long)  # tests/conftest.py: bit-identical weights, every step's row
-
-
-def test_a_resume_state_of_another_config_is_refused(tmp_path):
-    out = tmp_path / "run"
-    state_dir = tmp_path / ".run.resume"
-    state_dir.mkdir()
-    (state_dir / "state.json").write_text(json.dumps({"format": 2, "fingerprint": "something-else",
-                                                      "tensors": "tensors-2.pt"}))
-    proc = run_cli("rmu.train", *RUN, "trainer.batch_size=2", f"output_dir={out}")
-    assert proc.returncode != 0 and "holds the state of a run with a different config" in proc.stderr
-    assert (state_dir / "state.json").exists()  # never deleted behind the user's back
-
-
 def test_shipped_accelerate_configs_parse():
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -94,54 +73,6 @@ def test_shipped_accelerate_configs_parse():
     for f in sorted((ROOT / "experiments" / "accelerate").glob("*.yaml")):
         kinds[f.stem] = load_config_from_file(str(f)).distributed_type.value
     assert kinds == {"single_gpu": "NO", "multi_gpu": "MULTI_GPU", "fsdp": "FSDP"}, kinds
-
-
-def accelerate_env(config: Path) -> dict:
-    """The FSDP variables the trainer reads (rmu/run/distributed.py `Ranks`), from the documented
-    keys of an accelerate config file, as `accelerate launch --config_file <config>` sets them."""
-    cfg = yaml.safe_load(config.read_text())
-    fsdp = cfg.get("fsdp_config", {})
-    return {"ACCELERATE_USE_FSDP": str(cfg["distributed_type"] == "FSDP").lower(),
-            "FSDP_VERSION": str(fsdp["fsdp_version"]),
-            "FSDP_RESHARD_AFTER_FORWARD": str(fsdp["fsdp_reshard_after_forward"]).lower(),
-            "FSDP_OFFLOAD_PARAMS": str(fsdp["fsdp_offload_params"]).lower()}
-
-
-@pytest.mark.distributed
-@pytest.mark.slow
-def test_fsdp_shards_the_frozen_layers_and_ends_where_one_process_does(tmp_path):
-    # 6 layers, span 2..3 trained: layers 0, 1, 4, 5 are sharded over the 2 ranks.
-    six = [o for o in RUN if o != "eval=none" and not o.startswith("rmu.layer_id")] + [
-        "model.arch.num_hidden_layers=6", "rmu.layer_id=3", "rmu.update_layers=[2,3]", "harness.tasks=[]"]
-    one = run_cli("rmu.train", *six, "trainer.batch_size=4", f"output_dir={tmp_path / 'one'}")
-    assert one.returncode == 0, one.stderr[-3000:]
-    env = accelerate_env(ROOT / "experiments" / "accelerate" / "fsdp.yaml")
-    assert env == {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true",
-                   "FSDP_OFFLOAD_PARAMS": "false"}
-    proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "rmu.train",
-                           *six, "trainer.batch_size=2", f"output_dir={tmp_path / 'fsdp'}"], cwd=ROOT,
-                          env={**ENV, **env}, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "FSDP: 4 frozen decoder layers sharded over 2 processes" in proc.stdout
-
-    assert_same_weights(tmp_path / "one", tmp_path / "fsdp", 1e-5)  # the gathered checkpoint: all 6 layers
-    ref = json.loads((tmp_path / "one" / "results.json").read_text())
-    ours = json.loads((tmp_path / "fsdp" / "results.json").read_text())
-    assert ours["fsdp"] is True and ref["fsdp"] is False
-    # Eval forwards through the sharded layers give the unsharded model's answers.
-    assert ours["eval"] == ref["eval"]
-    # Rank 0 held half of each sharded layer and all of the rest.
-    weights = load_file(tmp_path / "one" / "model.safetensors")
-    sharded = sum(t.numel() * 4 for k, t in weights.items() if k.split(".")[2:3] in (["0"], ["1"], ["4"], ["5"]))
-    assert ref["rank0_parameter_mib"] - ours["rank0_parameter_mib"] == pytest.approx(sharded / 2 / 2 ** 20, abs=2e-3)
-
-
-def test_what_fsdp_does_not_cover_is_refused_before_loading(tiny_cfg):
-    with pytest.raises(ConfigError, match="adapter='lora': LoRA is not supported under FSDP"):
-        check_fsdp(tiny_cfg("adapter=lora"))
-    with pytest.raises(ConfigError, match=r"harness.tasks=\['rmu_chem'\]: lm-eval does not run on a sharded model"):
-        check_fsdp(tiny_cfg("harness.tasks=[rmu_chem]"))
-    check_fsdp(tiny_cfg())
 
 
 def _one_rank_goes_non_finite(rank: int, port: int, out_dir: str, results) -> None:

@@ -1,6 +1,6 @@
-"""What the first person with a GPU runs, run here on the CPU as far as it goes: the smoke
-script with the tiny model, the GPU recipes composed and planned on small models of
-their architectures, and the memory estimate against what autograd really keeps."""
+"""experiments/gpu: what the first person with a GPU runs, run here on the CPU as far as it
+goes: the smoke script with the tiny model, the GPU recipes composed and planned on small
+models of their architectures, and the memory estimate against what autograd really keeps."""
 
 from __future__ import annotations
 

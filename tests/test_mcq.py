@@ -1,4 +1,5 @@
-"""The multiple-choice scorer against a hand computation, one unpadded sequence at a time."""
+"""The multiple-choice scorer (rmu/evaluation/mcq.py) against a hand computation, one
+unpadded sequence at a time."""
 
 import torch
 

@@ -1,6 +1,9 @@
-"""Half precision: float32 master copies keep small updates, float16 loss scaling skips overflows."""
+"""The optimizers (rmu/unlearn/optim.py): in half precision, float32 master copies keep small
+updates and float16 loss scaling skips overflows; ReferenceAdamW is the old transformers
+formula the reference code ran."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,7 @@ from safetensors.torch import load_file
 
 from rmu.config.checks import check_train_values
 from rmu.errors import ConfigError
-from rmu.unlearn.optim import INITIAL_SCALE, Updater
+from rmu.unlearn.optim import INITIAL_SCALE, ReferenceAdamW, Updater
 from rmu.train import train
 
 
@@ -56,3 +59,30 @@ def test_float16_run_follows_the_float32_run(tiny_cfg):
 def test_float16_without_master_weights_is_refused(tiny_cfg):
     with pytest.raises(ConfigError, match="optim.master_weights=False: float16 needs true"):
         check_train_values(tiny_cfg("model.dtype=float16", "optim.master_weights=false"))
+
+
+def test_the_reference_adamw_is_the_old_transformers_formula():
+    torch.manual_seed(0)
+    w0, grads = torch.randn(5, 3, dtype=torch.float64), [torch.randn(5, 3, dtype=torch.float64) for _ in range(4)]
+    lr, b1, b2, eps = 1e-2, 0.9, 0.999, 1e-6
+    w, m, v = w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)
+    for t, g in enumerate(grads, 1):  # by hand: eps before the bias correction
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        w = w - lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (v.sqrt() + eps)
+    ours, torchs = w0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+    opt_ours = ReferenceAdamW([ours], lr=lr, eps=eps)
+    opt_torch = torch.optim.AdamW([torchs], lr=lr, eps=eps, weight_decay=0.0)
+    for g in grads:
+        ours.grad, torchs.grad = g.clone(), g.clone()
+        opt_ours.step()
+        opt_torch.step()
+    assert torch.allclose(ours, w, rtol=0, atol=1e-15)
+    # The formulas differ: with small gradients the early effective eps (~3e-5 at step 1) shows.
+    small = [g * 1e-5 for g in grads]
+    a, b = w0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+    oa, ob = ReferenceAdamW([a], lr=lr, eps=eps), torch.optim.AdamW([b], lr=lr, eps=eps, weight_decay=0.0)
+    for g in small:
+        a.grad, b.grad = g.clone(), g.clone()
+        oa.step()
+        ob.step()
+    assert ((a - w0) - (b - w0)).norm() / (b - w0).norm() > 0.05

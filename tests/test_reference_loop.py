@@ -1,11 +1,12 @@
-"""`experiment=wmdp_reference` is the WMDP reference code: its optimizer, its data reading
-and its loop, checked against an independent implementation of those semantics
-(rmu/unlearn/reference_loop.py) on fixture files laid out as the reference's README asks."""
+"""The reference oracle (rmu/unlearn/reference_loop.py: the public WMDP code's loop, written
+independently) against `experiment=wmdp_reference`: the trainer in that mode computes what
+the oracle computes, fed as the public code feeds it, on fixture files laid out as the
+reference's README asks and on the bundled corpora. (Its optimizer is checked in
+test_optim.py, its data reading in test_data.py.)"""
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -13,53 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rmu.data import load_texts
-from rmu.unlearn.optim import ReferenceAdamW
+from rmu.models.loading import load_model
+from rmu.train import train
+from rmu.unlearn.reference_loop import ReferenceRMU, wmdp_reference_run
 from tests.conftest import TINY, make_cfg, run_cli
-from rmu.unlearn.reference_loop import wmdp_reference_run
 
 BUNDLED = Path(__file__).resolve().parents[1] / "rmu" / "corpora"
-
-
-def test_the_reference_adamw_is_the_old_transformers_formula():
-    torch.manual_seed(0)
-    w0, grads = torch.randn(5, 3, dtype=torch.float64), [torch.randn(5, 3, dtype=torch.float64) for _ in range(4)]
-    lr, b1, b2, eps = 1e-2, 0.9, 0.999, 1e-6
-    w, m, v = w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)
-    for t, g in enumerate(grads, 1):  # by hand: eps before the bias correction
-        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
-        w = w - lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (v.sqrt() + eps)
-    ours, torchs = w0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
-    opt_ours = ReferenceAdamW([ours], lr=lr, eps=eps)
-    opt_torch = torch.optim.AdamW([torchs], lr=lr, eps=eps, weight_decay=0.0)
-    for g in grads:
-        ours.grad, torchs.grad = g.clone(), g.clone()
-        opt_ours.step()
-        opt_torch.step()
-    assert torch.allclose(ours, w, rtol=0, atol=1e-15)
-    # The formulas differ: with small gradients the early effective eps (~3e-5 at step 1) shows.
-    small = [g * 1e-5 for g in grads]
-    a, b = w0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
-    oa, ob = ReferenceAdamW([a], lr=lr, eps=eps), torch.optim.AdamW([b], lr=lr, eps=eps, weight_decay=0.0)
-    for g in small:
-        a.grad, b.grad = g.clone(), g.clone()
-        oa.step()
-        ob.step()
-    assert ((a - w0) - (b - w0)).norm() / (b - w0).norm() > 0.05
-
-
-def test_raw_lines_and_strictly_longer_read_as_the_reference_does(tmp_path):
-    rows = [{"text": ""}, {"text": "x"}, {"text": "a longer text"}, {"text": ""}]
-    path = tmp_path / "c.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n" + json.dumps({"text": "last"}))
-    assert load_texts({"path": str(path), "field": "text"}, 0) == ["", "x", "a longer text", "", "last"]
-    assert load_texts({"path": str(path), "field": "text"}, 0, strictly_longer=True) == ["x", "a longer text", "last"]
-    raw = load_texts({"path": str(path), "field": None}, 0, strictly_longer=True)
-    assert raw == [json.dumps(r) + "\n" for r in rows] + ["\n", json.dumps({"text": "last"})]
-    # '{"text": ""}\n' is 13 characters: dropped by len > 13, kept by len >= 13
-    longer = [json.dumps(rows[1]) + "\n", json.dumps(rows[2]) + "\n", json.dumps({"text": "last"})]
-    assert load_texts({"path": str(path), "field": None}, 13, strictly_longer=True) == longer
-    assert len(load_texts({"path": str(path), "field": None}, 13)) == len(longer) + 2
 
 
 def reference_folder(root: Path) -> tuple[Path, Path, Path]:
@@ -126,3 +86,55 @@ def test_the_reference_recipe_refuses_what_it_cannot_reproduce(tiny_cfg):
         plan_train(tiny_cfg("optim.name=adam"))
     with pytest.raises(ConfigError, match="data.forget\\[0\\].field=None: null \\(the raw line\\) needs a `path`"):
         plan_train(tiny_cfg("data.forget.0.path=null", "+data.forget.0.dataset=wikitext", "data.forget.0.field=null"))
+
+
+def reference_rmu(cfg, steps):
+    """The public code's loop (rmu/unlearn/reference_loop.py) fed the way the public code
+    reads its data: consecutive batches of raw lines, left padding, fixed c per topic."""
+    model, tok = load_model(cfg.model, cfg.seed)
+    frozen, _ = load_model(cfg.model, cfg.seed)
+    tok.padding_side = "left"
+    gen = torch.Generator().manual_seed(cfg.seed)
+    controls = []
+    for c in cfg.rmu.steering_coeff:
+        r = torch.rand(1, 1, model.config.hidden_size, generator=gen)
+        controls.append((r / torch.norm(r) * c).view(-1))
+    names = [f"model.layers.{i}.mlp.down_proj.weight" for i in cfg.rmu.update_layers]
+    ref = ReferenceRMU(model, frozen, cfg.rmu.layer_id, names, torch.stack(controls), list(cfg.rmu.alpha),
+                       cfg.optim.lr, old_adamw=True)
+    bs = cfg.trainer.batch_size
+
+    def read(path):
+        return [json.loads(line)["text"] for line in open(path.replace("bundled:", "rmu/corpora/"))]
+
+    forget = [[t[i:i + bs] for i in range(0, len(t), bs)] for t in (read(e.path) for e in cfg.data.forget)]
+    retain_texts = read(cfg.data.retain[0].path)
+    retain = [retain_texts[i:i + bs] for i in range(0, len(retain_texts), bs)]
+    losses = []
+    for idx in range(steps):
+        k, b = idx % len(forget), idx // len(forget)
+        f_in = tok(forget[k][b], return_tensors="pt", padding=True, truncation=True,
+                   max_length=cfg.data.forget[k].max_length)
+        r_in = tok(retain[b], return_tensors="pt", padding=True, truncation=True, max_length=cfg.data.retain[0].max_length)
+        losses.append(ref.step(f_in, r_in, k))
+    return losses, model.state_dict()
+
+
+def test_wmdp_reference_matches_a_plain_two_model_implementation(tmp_path):
+    steps = 6
+    cfg = make_cfg(["experiment=wmdp_reference", "model=tiny_random", "data=bundled", "eval=none",
+                    f"trainer.max_steps={steps}", "trainer.batch_size=3", "trainer.progress=false",
+                    "rmu.layer_id=2", "rmu.update_layers=[0,1,2]", "rmu.steering_coeff=[20,8]", "rmu.alpha=[100,30]",
+                    "optim.lr=1e-3", "data.forget.0.max_length=40", "data.forget.1.max_length=24",
+                    "data.retain.0.max_length=32", f"output_dir={tmp_path / 'ours'}"])
+    assert cfg.data.padding_side == "left" and cfg.rmu.mask_padding is False and cfg.data.min_chars == 0
+    train(cfg)
+    ours = [json.loads(line) for line in open(tmp_path / "ours" / "metrics.jsonl")]
+    ref_losses, ref_weights = reference_rmu(cfg, steps)
+    for rec, (f, r) in zip(ours, ref_losses, strict=True):
+        assert abs(rec["forget_loss"] - f) <= 1e-5 * abs(f), (rec["step"], rec["forget_loss"], f)
+        assert abs(rec["retain_loss"] - r) <= 1e-5 * abs(r) + 1e-12, (rec["step"], rec["retain_loss"], r)
+    out = load_file(tmp_path / "ours" / "model.safetensors")
+    for name, t in out.items():
+        assert torch.allclose(t, ref_weights[name], rtol=1e-5, atol=1e-7), name
+    assert any(ref_losses[i][1] > 0 for i in range(steps))  # the retain term really moved
