@@ -82,3 +82,56 @@ def test_the_published_folder_has_the_mode_of_a_new_folder(tmp_path):
         assert stat.S_IMODE((tmp_path / "run" / "x").stat().st_mode) == 0o644
     finally:
         os.umask(old)
+
+
+def test_a_single_file_is_written_atomically_and_replaced_only_by_the_command_that_wrote_it(tmp_path):
+    """write_output_file: the marker rule for single files (rmu.eval's output_file, reports,
+    sweep summaries, make robust's tables)."""
+    from rmu.run.checkpoint import check_output_file, write_output_file
+
+    out = tmp_path / "e.json"
+    assert write_output_file(out, "1", "rmu.eval", overwrite=False, key="output_file") == out
+    assert out.read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == [MARKER, "e.json"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~_umask()  # not mkstemp's private 0600
+    with pytest.raises(ConfigError, match=r"output_file=.*e.json: already exists \(written by rmu.eval\); set "
+                                          r"overwrite=true"):
+        check_output_file(out, "rmu.eval", overwrite=False, key="output_file")
+    write_output_file(out, "2", "rmu.eval", overwrite=True)
+    with pytest.raises(ConfigError, match="was written by rmu.eval; rmu.report replaces only a file it wrote"):
+        check_output_file(out, "rmu.report")
+    out.write_text("2, and my notes")  # edited by hand since
+    with pytest.raises(ConfigError, match="was changed since rmu.eval wrote it"):
+        check_output_file(out, "rmu.eval", overwrite=True)
+    mine = tmp_path / "notes.md"
+    mine.write_text("mine")
+    with pytest.raises(ConfigError, match="notes.md: already exists and was not written by rmu; .* move it away"):
+        check_output_file(mine, "rmu.report")
+    with pytest.raises(ConfigError, match="is a folder; give the path of a file"):
+        check_output_file(tmp_path, "rmu.eval", key="output_file")
+    # The destination changed during the work: what was computed is kept beside it, and said so.
+    with pytest.raises(OutputError, match=r"what rmu.report wrote is kept in .*notes-1.md"):
+        write_output_file(mine, "report", "rmu.report")
+    assert mine.read_text() == "mine" and (tmp_path / "notes-1.md").read_text() == "report"
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_a_file_written_into_a_published_folder_keeps_the_folder_rmus(tmp_path):
+    from rmu.run.checkpoint import check_output_file, read_marker, write_output_file, written_by_rmu
+
+    final = tmp_path / "run"
+    with staged_output(final, overwrite=False) as tmp:
+        (tmp / "results.json").write_text("{}")
+        write_output_file(tmp / "report.md", "# report", "rmu.report")
+    marker = read_marker(final)
+    assert marker["written"]["report.md"]["by"] == "rmu.report" and set(marker["sha256"]) == {"results.json",
+                                                                                             "report.md"}
+    write_output_file(final / "eval.json", "{}", "rmu.eval")
+    assert written_by_rmu(final) == (True, [])  # check_output_dir may still replace it whole
+    with pytest.raises(ConfigError, match="is part of the output folder rmu wrote there"):
+        check_output_file(final / "results.json", "rmu.eval", overwrite=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

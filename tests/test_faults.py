@@ -365,5 +365,270 @@ def test_the_readme_table_lists_every_case_tested_here():
     readme = (ROOT / "README.md").read_text()
     for case in ("output_dir=. overwrite=true", "read-only", "mount point", "during the final evaluation",
                  "timestamped", "planted pickle", "damaged", "non-finite", "two runs", "trust_remote_code",
-                 "non-UTF-8", "disk full", "killed", "log file"):
+                 "non-UTF-8", "disk full", "killed", "log file",
+                 "`rmu.eval output_file=`", "`rmu.report DIR`", "`make robust --out`", "encoder-only model (BERT)",
+                 "`model=tiny_random model.path=<a run folder>`", "truncated or overwritten `model.safetensors`",
+                 "`results.json` of the wrong shape", "a folder given as a corpus"):
         assert case in readme, case
+
+
+# Nothing lost, round two (issue 24): every command that writes follows the marker rule,
+# models are what they claim, the reporting commands' inputs are checked against their shapes.
+
+def in_process(fn, cfg, capsys) -> tuple[int, str]:
+    """A command through rmu/run/cli.py's wrapper in this process (each command also has a
+    real command-line run below): (exit code, stderr)."""
+    from rmu.run.cli import run_command
+
+    capsys.readouterr()
+    try:
+        run_command(fn, cfg)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def one_sentence(code: int, err: str, *phrases: str) -> None:
+    """Exit 1 and a single `error:` line holding every phrase, no traceback."""
+    assert code == 1 and "Traceback" not in err, (code, err[-3000:])
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err[-3000:]
+    for phrase in phrases:
+        assert phrase in lines[0], (phrase, lines[0])
+
+
+def eval_cfg(*overrides: str):
+    return make_cfg(["model.arch=null", "model.device=cpu", "eval.sets=[]", *overrides], config_name="eval")
+
+
+def copy_run(straight: Path, to: Path) -> Path:
+    shutil.copytree(straight, to)
+    return to
+
+
+def test_eval_writes_only_an_output_file_it_wrote_itself(tmp_path, straight, capsys):
+    import rmu.eval
+    from rmu.export import prepare
+
+    run = copy_run(straight, tmp_path / "run")
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}')
+    before = snapshot(tmp_path)
+    proc = run_cli("rmu.eval", f"model.path={run}", "model.arch=null", "eval.sets=[]", f"output_file={notes}")
+    refused(proc, f"output_file={notes}: already exists and was not written by rmu; rmu.eval replaces only a file "
+                  "it wrote", "move it away or choose another output_file")
+    assert "model:" not in proc.stdout  # refused before the model loads
+    one_sentence(*in_process(rmu.eval.run, eval_cfg(f"model.path={run}", f"output_file={run / 'results.json'}",
+                                                    "overwrite=true"), capsys),
+                 "results.json: already exists and is part of the output folder rmu wrote there")
+    assert snapshot(tmp_path) == before and hidden(tmp_path) == []
+    assert prepare(run, "me/run", tmp_path / "hub").is_dir()  # the run's results.json still exports
+
+    out = tmp_path / "evals" / "e.json"
+    assert in_process(rmu.eval.run, eval_cfg(f"model.path={run}", f"output_file={out}"), capsys)[0] == 0
+    one_sentence(*in_process(rmu.eval.run, eval_cfg(f"model.path={run}", f"output_file={out}"), capsys),
+                 "already exists (written by rmu.eval); set overwrite=true to replace it")
+    assert in_process(rmu.eval.run, eval_cfg(f"model.path={run}", f"output_file={out}", "overwrite=true"),
+                      capsys)[0] == 0
+    assert json.loads(out.read_text())["model"] == str(run) and hidden(out.parent) == [MARKER]
+
+
+def test_report_never_replaces_a_report_it_did_not_draw(tmp_path, straight, capsys):
+    from argparse import Namespace
+
+    import rmu.report
+
+    hand = tmp_path / "hand"  # a folder rmu never wrote, with a run's inputs and a report of one's own
+    hand.mkdir()
+    for name in ("results.json", "metrics.jsonl"):
+        shutil.copy(straight / name, hand / name)
+    (hand / "report.md").write_text("my own analysis")
+    before = snapshot(tmp_path)
+    proc = run_cli("rmu.report", str(hand))
+    refused(proc, f"{hand / 'report.md'}: already exists and was not written by rmu; rmu.report replaces only a file "
+                  "it wrote, unchanged since: move it away")
+    assert snapshot(tmp_path) == before and hidden(hand) == []  # report.png not drawn either
+    (hand / "report.md").rename(tmp_path / "mine.md")
+    assert in_process(rmu.report.run, Namespace(run_dir=str(hand)), capsys)[0] == 0
+    assert (hand / "report.png").is_file() and (tmp_path / "mine.md").read_text() == "my own analysis"
+
+    run = copy_run(straight, tmp_path / "run")
+    (run / "report.md").write_text((run / "report.md").read_text() + "\nMy notes on this run.\n")
+    one_sentence(*in_process(rmu.report.run, Namespace(run_dir=str(run)), capsys),
+                 f"{run / 'report.md'}: already exists and was changed since rmu.report wrote it")
+    assert (run / "report.md").read_text().endswith("My notes on this run.\n")
+    redrawn = copy_run(straight, tmp_path / "redrawn")  # a report rmu drew, unchanged: redrawn
+    assert in_process(rmu.report.run, Namespace(run_dir=str(redrawn)), capsys)[0] == 0
+    assert not [p for p in tmp_path.rglob(".*") if ".tmp-" in p.name]
+
+
+def test_a_sweep_never_writes_its_summary_over_one_it_did_not_write(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "summary.md").write_text("my table")
+    proc = run_cli("rmu.train", "-m", *TINY, "rmu.alpha=10", f"hydra.sweep.dir={sweep}")
+    refused(proc, f"{sweep / 'summary.md'}: already exists and was not written by rmu; the sweep summary replaces "
+                  "only a file it wrote")
+    assert LOADED not in proc.stdout and [p.name for p in sweep.iterdir()] == ["summary.md"]  # no job ran
+    (sweep / "summary.md").rename(tmp_path / "mine.md")
+    again = run_cli("rmu.train", "-m", *TINY, "rmu.alpha=10", f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "| 0 |" in (sweep / "summary.md").read_text() and (tmp_path / "mine.md").read_text() == "my table"
+
+
+def test_make_robust_checks_its_tables_before_any_run(tmp_path):
+    import yaml
+
+    from rmu.run.checkpoint import check_output_file
+
+    compare = ROOT / "experiments" / "robust" / "compare.py"
+    for name in ("results.md", "robust.png"):  # the committed tables are make robust's: it may redraw them
+        check_output_file(compare.parent / name, "make robust")
+    config = tmp_path / "recipes.yaml"
+    config.write_text(yaml.safe_dump({"seeds": [0], "train": TINY, "recipes": {"plain": []}, "attack": []}))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.md").write_text("hand-edited results")
+    proc = subprocess.run([sys.executable, str(compare), "--config", str(config), "--out", str(out)], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    refused(proc, f"{out / 'results.md'}: already exists and was not written by rmu; make robust replaces only a "
+                  "file it wrote")
+    assert [p.name for p in out.iterdir()] == ["results.md"]  # no run started
+
+
+BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def bert_folder(folder: Path) -> Path:
+    """An encoder-only model folder (BertForMaskedLM) with the bundled tokenizer."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from rmu.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(make_cfg(TINY).model)
+    BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), **BERT)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_an_encoder_only_model_is_refused_before_training(tmp_path, capsys):
+    import rmu.eval
+    import rmu.train
+
+    bert = bert_folder(tmp_path / "bert")
+    proc = run_cli("rmu.train", *TINY, f"model.path={bert}", "model.arch=null", "model.name=bert",
+                   f"output_dir={tmp_path / 'run'}")
+    refused(proc, f"model.path='{bert}': holds a BertForMaskedLM (bert)", "rmu needs a decoder-only causal language "
+                                                                          "model")
+    assert LOADED not in proc.stdout and not (tmp_path / "run").exists()
+    config = json.loads((bert / "config.json").read_text())
+    del config["architectures"]  # only the attention tells now
+    (bert / "config.json").write_text(json.dumps(config))
+    one_sentence(*in_process(rmu.eval.run, eval_cfg(f"model.path={bert}"), capsys),
+                 "is an encoder (bert: its attention sees the whole text")
+    one_sentence(*in_process(rmu.train.train, make_cfg(TINY + ["model.arch.model_type=bert",
+                                                               f"output_dir={tmp_path / 'random'}"]), capsys),
+                 "model.arch=", "is an encoder (bert")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert"]
+
+
+def test_a_model_group_and_a_run_folder_that_disagree_are_refused(tmp_path, straight, capsys):
+    import rmu.eval
+
+    proc = run_cli("rmu.eval", "model=tiny_random", f"model.path={straight}", "eval.sets=[]")
+    refused(proc, f"model.path='{straight}': holds a model's weights (model.safetensors), but model.arch is set",
+            "reads only the tokenizer from this folder; add model.arch=null to use these weights")
+    assert "model:" not in proc.stdout
+    out = tmp_path / "e.json"
+    assert in_process(rmu.eval.run, eval_cfg("model=tiny_random", f"model.path={straight}", "model.arch=null",
+                                             f"output_file={out}"), capsys)[0] == 0
+    assert json.loads(out.read_text())["model"] == str(straight)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+def test_damaged_weights_are_one_sentence_naming_the_file_in_every_command(tmp_path, straight, capsys, damage):
+    import rmu.attack.cli
+    import rmu.eval
+    import rmu.train
+    from rmu.export import prepare
+
+    run = copy_run(straight, tmp_path / "run")
+    weights = run / "model.safetensors"
+    good = weights.read_bytes()
+    if damage == "truncated":  # a copy cut short
+        weights.write_bytes(good[: len(good) // 2])
+        phrase = f"{weights} is truncated (its header describes {len(good):,} bytes; the file has {len(good) // 2:,})"
+    else:  # bytes overwritten in place: the header still fits, the checksum does not
+        weights.write_bytes(good[:-4096] + os.urandom(4096))
+        phrase = f"{weights} does not match the SHA-256 rmu recorded when it wrote it"
+    before = snapshot(tmp_path)
+    proc = run_cli("rmu.export", f"checkpoint={run}", "repo_id=me/run")
+    refused(proc, f"checkpoint='{run}': {phrase}")
+    assert snapshot(tmp_path) == before and hidden(tmp_path) == []  # nothing packaged, no hidden copy
+    model = [f"model.path={run}", "model.arch=null"]
+    if damage == "truncated":
+        proc = run_cli("rmu.train", *TINY, *model, f"output_dir={tmp_path / 'again'}")
+        refused(proc, f"model.path='{run}': {phrase}")
+        assert LOADED not in proc.stdout
+    else:
+        one_sentence(*in_process(rmu.train.train, make_cfg(TINY + model + [f"output_dir={tmp_path / 'again'}"]),
+                                 capsys), phrase)
+    one_sentence(*in_process(rmu.eval.run, eval_cfg(f"model.path={run}"), capsys), phrase)
+    attack = make_cfg(["model=tiny_random", *model, "model@base=tiny_random", "attack=ablate",
+                       f"output_dir={tmp_path / 'attack'}"], config_name="attack")
+    one_sentence(*in_process(rmu.attack.cli.run, attack, capsys), f"model.path='{run}': {phrase}")
+    assert snapshot(tmp_path) == before and hidden(tmp_path) == []
+    weights.write_bytes(good)  # restored: the same commands go through
+    assert (prepare(run, "me/run") / "model.safetensors").read_bytes() == good
+
+
+@pytest.mark.parametrize("damage", ["results_shape", "metrics_line"])
+def test_the_reporting_commands_check_their_inputs_naming_file_line_and_field(tmp_path, straight, capsys, damage):
+    from argparse import Namespace
+
+    import rmu.report
+    from rmu.export import prepare, run as export_run
+
+    run = copy_run(straight, tmp_path / "run")
+    if damage == "results_shape":  # valid JSON, not a run's results
+        path = run / "results.json"
+        good = path.read_text()
+        results = json.loads(good)
+        results["eval"] = {"chem": {"role": "forget", "unlearned": {"acc": 0.3}}}
+        path.write_text(json.dumps(results))
+        phrase = f"{path}: not the results.json of an rmu.train run: field eval.chem.base: missing"
+    else:  # a line cut short, and a field of the wrong type
+        path = run / "metrics.jsonl"
+        good = path.read_text()
+        lines = good.splitlines(keepends=True)
+        path.write_text("".join(lines[:2]) + lines[2][:30] + "\n" + "".join(lines[3:]))
+        phrase = f"{path}, line 3: not valid JSON"
+    (run / "report.png").unlink()  # so that the report would have something to draw
+    before = snapshot(tmp_path)
+    export = make_cfg([f"checkpoint={run}", "repo_id=me/run"], config_name="export")
+    if damage == "results_shape":
+        refused(run_cli("rmu.report", str(run)), phrase)
+        one_sentence(*in_process(export_run, export, capsys), phrase)
+    else:
+        refused(run_cli("rmu.export", f"checkpoint={run}", "repo_id=me/run"), phrase)
+        one_sentence(*in_process(rmu.report.run, Namespace(run_dir=str(run)), capsys), phrase)
+        row = json.loads(lines[1])
+        row["forget_loss"] = "low"
+        path.write_text(lines[0] + json.dumps(row) + "\n" + "".join(lines[2:]))
+        before = snapshot(tmp_path)
+        one_sentence(*in_process(rmu.report.run, Namespace(run_dir=str(run)), capsys),
+                     f"{path}, line 2: field forget_loss: expected a number, got a string 'low'")
+    assert snapshot(tmp_path) == before and hidden(tmp_path) == []
+    path.write_text(good)  # restored: both go through
+    assert in_process(rmu.report.run, Namespace(run_dir=str(run)), capsys)[0] == 0
+    assert prepare(run, "me/run").is_dir()
+
+
+def test_a_folder_given_as_a_corpus_says_it_is_a_folder(tmp_path, capsys):
+    import rmu.train
+
+    one_sentence(*in_process(rmu.train.train, make_cfg(TINY + [f"data.forget.0.path={tmp_path}",
+                                                               f"output_dir={tmp_path / 'run'}"]), capsys),
+                 f"{tmp_path}: is a folder; give one file (a corpus: .jsonl with one JSON object per line, or .txt")
+    assert list(tmp_path.iterdir()) == []
