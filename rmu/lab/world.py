@@ -131,9 +131,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def write_world(folder: Path, seed: int, forget_entities: int, retain_entities: int, values_per_relation: int,
-                docs_per_entity: int, filler_per_doc: int) -> dict:
-    """Generate the world and write its files into `folder` (which must exist). Returns
-    {file name: number of rows} for the build's log."""
+                docs_per_entity: int, filler_per_doc: int) -> None:
+    """Generate the world and write its files into `folder` (which must exist)."""
     world = make_world(seed, forget_entities, retain_entities, values_per_relation)
     rng = random.Random(f"{seed}-text")  # text and questions: a stream of their own, the facts stay put
     files: dict[str, list[dict]] = {}
@@ -163,7 +162,6 @@ def write_world(folder: Path, seed: int, forget_entities: int, retain_entities: 
         _write_jsonl(folder / file, rows)
     (folder / "world.json").write_text(json.dumps({"seed": seed, "domains": world}, indent=1, ensure_ascii=False)
                                        + "\n", encoding="utf-8")
-    return {file: len(rows) for file, rows in files.items()}
 
 
 def read_texts(path: Path) -> list[str]:
