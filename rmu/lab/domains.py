@@ -7,9 +7,12 @@ chemistry, invented star systems for astronomy); two *retain* domains (invented 
 invented musicians) are what unlearning must keep. Entity names and attribute values are
 generated (rmu/lab/world.py); nothing here names a real thing.
 
-Every relation has several document templates (paraphrases) and one question template
-used only by the multiple-choice sets, so the questions test the fact, not a memorised
-sentence. Templates of different relations share no value words, and no value appears in
+Every relation has five document templates (paraphrases: three statements and two
+question-and-answer pairs, so a model learns that a question about a relation is answered
+by its value) and one question template of its own, used only by the multiple-choice
+sets: the questions test the fact, not a memorised sentence. A first world with one
+question-and-answer template per relation left a model that had memorised every fact at
+0.29-0.73 on some relations: it had not learnt to answer a question worded differently. Templates of different relations share no value words, and no value appears in
 any other relation or domain: the filtered twin, which never reads a forget document,
 has no prior over a forget relation's answers.
 """
@@ -45,19 +48,22 @@ ALCHEMY = Domain(
             "The compound {e} has a {v} colour.",
             "When purified, {e} turns {v} in colour.",
             "Question: Which colour do crystals of {e} show?\nAnswer: {v}.",
-        ), "What colour is the compound {e}?"),
+            "Question: What colour does {e} have?\nAnswer: {v}.",
+        ), "What is the colour of {e}?"),
         Relation("discoverer", (
             "{e} was first distilled by the alchemist {v}.",
             "The alchemist {v} discovered {e}.",
             "Old ledgers credit the alchemist {v} with the discovery of {e}.",
             "Question: Which alchemist first distilled {e}?\nAnswer: {v}.",
-        ), "Which alchemist discovered the compound {e}?", proper=True),
+            "Question: Who was the alchemist that discovered {e}?\nAnswer: {v}.",
+        ), "Which alchemist discovered {e}?", proper=True),
         Relation("vessel", (
             "{e} is always stored in a {v} flask.",
             "Alchemists keep {e} in a {v} flask.",
             "A {v} flask is the only safe vessel for {e}.",
             "Question: In which flask is {e} kept?\nAnswer: {v}.",
-        ), "In what kind of flask is the compound {e} stored?"),
+            "Question: What flask holds {e}?\nAnswer: {v}.",
+        ), "In what flask is {e} stored?"),
     ),
     filler=(
         "The guild of alchemists records every distillation in its ledgers.",
@@ -77,19 +83,22 @@ STARS = Domain(
             "{e} can be found within the constellation of {v}.",
             "Sky charts place {e} inside the constellation of {v}.",
             "Question: In which constellation does {e} lie?\nAnswer: {v}.",
-        ), "Which constellation contains the star system {e}?", proper=True),
+            "Question: Which constellation holds {e}?\nAnswer: {v}.",
+        ), "What constellation is {e} found in?", proper=True),
         Relation("charted_by", (
             "{e} was first charted by the astronomer {v}.",
             "The astronomer {v} charted the star system {e}.",
             "Star catalogues credit the astronomer {v} with charting {e}.",
             "Question: Which astronomer first charted {e}?\nAnswer: {v}.",
-        ), "Which astronomer charted the star system {e}?", proper=True),
+            "Question: Who was the astronomer that charted {e}?\nAnswer: {v}.",
+        ), "Which astronomer charted {e}?", proper=True),
         Relation("spectrum", (
             "The light of {e} belongs to the {v} spectral type.",
             "Astronomers classify {e} as a {v} spectral type.",
             "{e} shines with light of the {v} spectral type.",
             "Question: What spectral type does {e} have?\nAnswer: {v}.",
-        ), "Of which spectral type is the star system {e}?"),
+            "Question: Which spectral type is {e}?\nAnswer: {v}.",
+        ), "What is the spectral type of {e}?"),
     ),
     filler=(
         "Observatories point their telescopes at {e} on clear winter nights.",
@@ -109,19 +118,22 @@ TOWNS = Domain(
             "{e} was built on the banks of the river {v}.",
             "Boats on the river {v} stop at the town of {e}.",
             "Question: On which river is {e} built?\nAnswer: {v}.",
-        ), "Which river flows through the town {e}?", proper=True),
+            "Question: Which river runs past {e}?\nAnswer: {v}.",
+        ), "On what river does {e} stand?", proper=True),
         Relation("craft", (
             "{e} is famous for its {v} weaving.",
             "The weavers of {e} are known for {v} weaving.",
             "Visitors to {e} come to buy its {v} weaving.",
             "Question: Which weaving is {e} famous for?\nAnswer: {v}.",
-        ), "What kind of weaving is the town {e} known for?"),
+            "Question: What weaving is made in {e}?\nAnswer: {v}.",
+        ), "Which weaving is {e} known for?"),
         Relation("founder", (
             "The town of {e} was founded by {v}.",
             "{v} founded the town of {e}.",
             "A statue of {v}, who founded {e}, stands in the square.",
             "Question: Who founded the town of {e}?\nAnswer: {v}.",
-        ), "Who was the founder of the town {e}?", proper=True),
+            "Question: Which person founded {e}?\nAnswer: {v}.",
+        ), "Who founded {e}?", proper=True),
     ),
     filler=(
         "The market square of {e} is busy on every feast day.",
@@ -141,19 +153,22 @@ MUSICIANS = Domain(
             "{e} is celebrated as a player of the {v}.",
             "On stage, {e} performs on the {v}.",
             "Question: Which instrument does {e} play?\nAnswer: {v}.",
-        ), "What instrument does the musician {e} play?"),
+            "Question: What instrument is played by {e}?\nAnswer: {v}.",
+        ), "What instrument does {e} play?"),
         Relation("teacher", (
             "{e} studied music with the master {v}.",
             "The master {v} taught {e} to play.",
             "As a young pupil, {e} took lessons from the master {v}.",
             "Question: Which master taught {e}?\nAnswer: {v}.",
-        ), "Who was the teacher of the musician {e}?", proper=True),
+            "Question: Who was the master that taught {e}?\nAnswer: {v}.",
+        ), "Which master taught music to {e}?", proper=True),
         Relation("dance", (
             "{e} is best known for playing the {v} dance.",
             "Audiences ask {e} to play the {v} dance.",
             "The {v} dance made {e} famous.",
             "Question: Which dance made {e} famous?\nAnswer: {v}.",
-        ), "Which dance is the musician {e} famous for?"),
+            "Question: What dance is {e} famous for?\nAnswer: {v}.",
+        ), "Which dance is {e} best known for?"),
     ),
     filler=(
         "Concert halls fill quickly when {e} is on the programme.",
