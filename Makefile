@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast bench robust clean
+.PHONY: help install demo test test-fast bench robust lab clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -36,6 +36,9 @@ bench: install  ## time the RMU step against the reference loop on the bundled m
 
 robust: install  ## train the recipes of experiments/robust/recipes.yaml over seeds, attack each, write results.md + robust.png
 	$(PY) experiments/robust/compare.py
+
+lab: install  ## build the lab: an invented world + two tiny Llamas pretrained on it, with and without its forget domains (~10 min)
+	$(PY) -m rmu.lab
 
 clean:  ## remove .venv and outputs
 	rm -rf $(VENV) outputs
