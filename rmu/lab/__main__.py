@@ -10,10 +10,10 @@ import hydra
 from omegaconf import DictConfig
 
 import rmu.lab.schema  # noqa: F401  (registers lab_schema)
-from rmu.checks import check_schema
-from rmu.cli import run_command
+from rmu.config.checks import check_schema
+from rmu.run.cli import run_command
 from rmu.lab.build import build
-from rmu.schema import CONF_DIR
+from rmu.config.schema import CONF_DIR
 
 
 def run(cfg: DictConfig) -> dict:

@@ -31,13 +31,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmu.data import load_mcq
 from rmu.errors import OutputError
-from rmu.eval import score_set
+from rmu.evaluation.mcq import score_set
 from rmu.lab.domains import DOMAINS
 from rmu.lab.pretrain import pretrain
 from rmu.lab.tokenizer import train_tokenizer
 from rmu.lab.world import read_texts, write_world
-from rmu.lock import OutputLock
-from rmu.models import resolve_device
+from rmu.run.lock import OutputLock
+from rmu.models.loading import resolve_device
 
 # Keys that say where and how to build, not what: they do not change the result.
 _NOT_BUILT_FROM = ("name", "dir", "overwrite", "threads", "progress", "eval_batch_size")
