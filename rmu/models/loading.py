@@ -87,6 +87,9 @@ def read_config(mcfg):
     from transformers import AutoConfig
 
     if looks_local(mcfg.path) and not mcfg.path.endswith(".gguf") and not Path(mcfg.path).expanduser().is_dir():
+        if Path(mcfg.path).expanduser().is_file():
+            raise FileNotFoundError(f"{mcfg.path} is a file; give the model's folder (config.json, the weights and "
+                                    f"the tokenizer), or a .gguf file")
         raise FileNotFoundError(f"no such folder {mcfg.path}" + (" (model.arch builds the model; the tokenizer is "
                                                                  "read from this path)" if mcfg.arch else ""))
     if mcfg.arch is not None:

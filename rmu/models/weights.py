@@ -18,7 +18,7 @@ import struct
 from pathlib import Path
 
 from rmu.errors import ConfigError
-from rmu.run.checkpoint import file_sha256, read_marker
+from rmu.run.checkpoint import MARKER, file_sha256, read_marker
 
 # Bytes per element of the safetensors dtypes (packed sub-byte types are not size-checked).
 ITEM_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
@@ -72,9 +72,8 @@ def check_weights(folder: str | Path, key: str) -> None:
     marker = read_marker(folder)
     sums = marker.get("sha256") if isinstance(marker.get("sha256"), dict) else {}
 
-    def fail(path: Path, what: str):
-        raise ConfigError(f"{key}={str(folder)!r}: {path} {what}, so rmu does not use it: copy the folder again "
-                          f"from where it came from, or write it again")
+    def fail(path: Path, what: str, remedy: str = "copy the folder again from where it came from, or write it again"):
+        raise ConfigError(f"{key}={str(folder)!r}: {path} {what}, so rmu does not use it: {remedy}")
 
     for listed in marker.get("files") or []:
         if str(listed).endswith(".safetensors") and not (folder / listed).exists():
@@ -93,4 +92,5 @@ def check_weights(folder: str | Path, key: str) -> None:
             fail(path, problem)
         recorded = sums.get(path.name)
         if recorded and file_sha256(path) != recorded:
-            fail(path, "does not match the SHA-256 rmu recorded when it wrote it (damaged or changed since)")
+            fail(path, "does not match the SHA-256 rmu recorded when it wrote it (damaged or changed since)",
+                 f"copy the folder again, or if you changed the file on purpose, delete {folder / MARKER}")

@@ -141,13 +141,16 @@ def _why_not_replace(path: Path, command: str, overwrite: bool, key: str | None)
     name = f"{key}={path}" if key else str(path)
     if path.is_dir():
         return f"{name}: is a folder; give the path of a file"
+    if path.name == MARKER:
+        return f"{name}: is the name of rmu's marker file; choose another name"
     if not (path.exists() or path.is_symlink()):
         return None
     marker = read_marker(path.parent)
     entry = (marker.get("written") or {}).get(path.name)
     if not isinstance(entry, dict):
         why = ("is part of the output folder rmu wrote there" if path.name in (marker.get("files") or [])
-               else "was not written by rmu")
+               else f"cannot be shown to be rmu's (the {MARKER} beside it is damaged)"
+               if not marker and (path.parent / MARKER).exists() else "was not written by rmu")
     elif entry.get("by") != command:
         why = f"was written by {entry.get('by')}"
     elif path.is_symlink() or entry.get("sha256") != file_sha256(path):
@@ -166,6 +169,8 @@ def check_output_file(path: str | Path, command: str, overwrite: bool = True, ke
     create a file beside it. `overwrite`: whether a file it wrote itself may be replaced."""
     p = Path(path).expanduser().absolute()
     why = _why_not_replace(p, command, overwrite, key)
+    if str(path).endswith(("/", os.sep)):  # `output_file=results/`: a folder meant, a file would be made
+        why = f"{f'{key}={path}' if key else path}: names a folder; give the path of a file"
     if why:
         raise ConfigError(why)
     check_writable(str(p), key=key or "output")
