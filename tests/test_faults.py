@@ -461,6 +461,11 @@ def test_report_never_replaces_a_report_it_did_not_draw(tmp_path, straight, caps
     redrawn = copy_run(straight, tmp_path / "redrawn")  # a report rmu drew, unchanged: redrawn
     assert in_process(rmu.report.run, Namespace(run_dir=str(redrawn)), capsys)[0] == 0
     assert not [p for p in tmp_path.rglob(".*") if ".tmp-" in p.name]
+    shared = copy_run(straight, tmp_path / "shared")  # a read-only folder (a colleague's run)
+    before = snapshot(shared)
+    refused(faulty("rmu.report", str(shared), readonly=shared),
+            f"{shared / 'report.png'}: cannot write in {shared} (Read-only file system)")
+    assert snapshot(shared) == before
 
 
 def test_a_sweep_never_writes_its_summary_over_one_it_did_not_write(tmp_path):

@@ -173,7 +173,13 @@ def check_output_file(path: str | Path, command: str, overwrite: bool = True, ke
         why = f"{f'{key}={path}' if key else path}: names a folder; give the path of a file"
     if why:
         raise ConfigError(why)
-    check_writable(str(p), key=key or "output")
+    try:  # a file can be made beside it: the temporary one
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p.parent, prefix=".rmu-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{f'{key}={path}' if key else p}: cannot write in {p.parent} ({e.strerror or e})") from None
 
 
 def _free_sibling(path: Path) -> Path:
