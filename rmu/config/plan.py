@@ -75,7 +75,8 @@ def read_model_config(mcfg, key: str):
         fail(f"{key}.path", mcfg.path, f"holds a model's weights ({models.weight_files(local)[0]}), but {key}.arch is "
                                        f"set, which builds a randomly initialised {mcfg.arch.get('model_type')} model "
                                        f"and reads only the tokenizer from this folder; add {key}.arch=null to use "
-                                       f"these weights")
+                                       f"these weights (or, for a random model, point {key}.path at a folder holding "
+                                       f"only the tokenizer)")
     try:
         config = models.read_config(mcfg)
     except (OSError, ValueError) as e:  # no such folder / Hub id, no network, unknown architecture
