@@ -144,9 +144,8 @@ def not_a_causal_lm(config, trust_remote_code: bool = False) -> str | None:
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    except (ValueError, TypeError, AttributeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"cannot be built as a causal language model ({first})"
+    except Exception:  # noqa: BLE001 — custom code that cannot be built on the meta device: no evidence either way
+        return None
     finally:
         hf_logging.set_verbosity(verbosity)
     flags = {m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)}
