@@ -95,3 +95,38 @@ def test_tune_picks_the_last_setting_that_unlearns_before_general_falls_below_th
         assert f"{r.eval['general']['unlearned']['acc']:.3f}" in row
     pick = "no setting unlearns at matched retain" if expected is None else " ".join(settings[expected])
     assert f"tune: strength: {pick}" in proc.stdout
+
+
+def robust_common():
+    """experiments/robust/common.py, the module compare.py and tune.py share."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("robust_common", ROOT / "experiments" / "robust" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_shared_config_reader_and_resume_check(tmp_path):
+    common = robust_common()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"seeds": [0], "recipes": {"a": []}, "train": [], "attack": [], "bogus": 1}))
+    with pytest.raises(SystemExit, match="unknown key 'bogus'; allowed: seeds, recipes, train, attack, work_dir"):
+        common.load_config(bad, ("seeds", "recipes", "train", "attack"), optional=("work_dir",))
+    bad.write_text(yaml.safe_dump({"seed": 0, "recipes": {"a b": [["x"]]}}))
+    with pytest.raises(SystemExit, match="recipe name 'a b': letters, digits"):
+        common.load_config(bad, ("seed", "recipes"))
+
+    # compare.py: a recipe's runs resume only under the settings they were made with
+    folder, settings = tmp_path / "rmu", {"train": ["a"], "attack": ["b"]}
+    common.same_settings(folder, settings, "robust")
+    common.same_settings(folder, settings, "robust")
+    with pytest.raises(SystemExit, match="robust: .* holds runs of other settings"):
+        common.same_settings(folder, {**settings, "train": ["a", "c"]}, "robust")
+    # tune.py: the same, except that stronger settings may be added at the end of the list
+    folder, settings = tmp_path / "tune", {"seed": 0, "train": [], "settings": [["x"]]}
+    common.same_settings(folder, settings, "tune", growing="settings")
+    common.same_settings(folder, {**settings, "settings": [["x"], ["y"]]}, "tune", growing="settings")
+    for other in ({**settings, "settings": [["y"], ["x"]]}, {**settings, "seed": 1, "settings": [["x"], ["y"]]}):
+        with pytest.raises(SystemExit, match="tune: .* holds runs of other settings"):
+            common.same_settings(folder, other, "tune", growing="settings")

@@ -26,20 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import yaml
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-sys.path.insert(0, str(ROOT))  # rmu from this checkout, also when it is not installed
-from rmu.errors import RmuError  # noqa: E402
+from common import HERE, done, fmt, load_config, same_settings, sweep
+from rmu.errors import RmuError  # noqa: E402  (common puts this checkout first on the path)
 from rmu.evaluation.results import NUMBER, ANY, RunResults, list_of, map_of, optional, schema_problem  # noqa: E402
 from rmu.run.checkpoint import check_output_file, write_output_file  # noqa: E402
 
@@ -63,41 +56,11 @@ def read_attack(folder: Path) -> dict:
     return data
 
 
-def load_config(path: Path) -> dict:
-    cfg = yaml.safe_load(path.read_text())
-    missing = [k for k in ("seeds", "recipes", "train", "attack") if k not in cfg]
-    if missing:
-        sys.exit(f"error: {path}: missing key {missing[0]!r} (seeds, recipes, train, attack)")
-    unknown = sorted(set(cfg) - {"seeds", "recipes", "train", "attack", "work_dir"})
-    if unknown:
-        sys.exit(f"error: {path}: unknown key {unknown[0]!r}; allowed: seeds, recipes, train, attack, work_dir")
-    if not cfg["recipes"] or not all(isinstance(v, list) for v in cfg["recipes"].values()):
+def read_config(path: Path) -> dict:
+    cfg = load_config(path, ("seeds", "recipes", "train", "attack"), optional=("work_dir",))
+    if not all(isinstance(v, list) for v in cfg["recipes"].values()):
         sys.exit(f"error: {path}: recipes must map each recipe name to a list of rmu.train overrides")
-    bad = [r for r in cfg["recipes"] if not re.fullmatch(r"[\w.-]+", r)]
-    if bad:
-        sys.exit(f"error: {path}: recipe name {bad[0]!r}: letters, digits, _ . - only (it names a folder)")
     return cfg
-
-
-def sweep(module: str, overrides: list[str], launcher: str | None, sweep_dir: Path) -> None:
-    """One Hydra sweep (-m) of `python -m <module>`; stops the comparison if a job failed."""
-    cmd = [sys.executable, "-m", module, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
-    if launcher:
-        cmd.append(f"hydra/launcher={launcher}")
-    print(f"robust: {' '.join(cmd[1:])}", flush=True)
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"robust: `{module}` failed (exit {proc.returncode}); the finished runs are kept, run again to resume")
-
-
-def same_settings(folder: Path, settings: dict) -> None:
-    """Record what a recipe's runs were made with; refuse to resume them under other settings."""
-    record = folder / "recipe.json"
-    if record.is_file() and json.loads(record.read_text()) != settings:
-        sys.exit(f"robust: {folder} holds runs of other settings than {settings}; move it away or restore them")
-    folder.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(settings, indent=1) + "\n")
 
 
 def run_all(cfg: dict, work: Path, launcher: str | None) -> None:
@@ -105,13 +68,13 @@ def run_all(cfg: dict, work: Path, launcher: str | None) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for recipe, overrides in cfg["recipes"].items():
         folder = work / recipe
-        same_settings(folder, {"train": [*cfg["train"], *overrides], "attack": cfg["attack"]})
-        todo = [s for s in cfg["seeds"] if not (folder / f"seed{s}" / "results.json").is_file()]
+        same_settings(folder, {"train": [*cfg["train"], *overrides], "attack": cfg["attack"]}, "robust")
+        todo = [s for s in cfg["seeds"] if not done(folder / f"seed{s}")]
         if todo:
             sweep("rmu.train", [*cfg["train"], *overrides, f"seed={','.join(map(str, todo))}",
                                 f"output_dir={folder}/seed${{seed}}"], launcher, work / "sweeps" / f"{stamp}-{recipe}-train")
         models = [folder / f"seed{s}" for s in cfg["seeds"]]
-        todo = [m for m in models if not (m.with_name(m.name + "-attack") / "results.json").is_file()]
+        todo = [m for m in models if not done(m.with_name(m.name + "-attack"))]
         if todo:
             sweep("rmu.attack", [*cfg["attack"], f"model.path={','.join(map(str, todo))}",
                                  "output_dir=${model.path}-attack", f"control_cache={work / 'controls'}"],
@@ -162,10 +125,6 @@ def worst(seed: dict) -> float | None:
 def median(values) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.median(vals) if vals else None
-
-
-def fmt(x: float | None, pattern: str = "{:.3f}") -> str:
-    return "n/a" if x is None else pattern.format(x)
 
 
 def results_md(cfg: dict, data: dict) -> str:
@@ -233,7 +192,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=HERE, help="where results.md and robust.png go")
     p.add_argument("--launcher", default=None, help="a hydra/launcher option, e.g. slurm (default: one after another)")
     args = p.parse_args(argv)
-    cfg = load_config(args.config)
+    cfg = read_config(args.config)
     work = Path(cfg.get("work_dir") or args.out / "runs").absolute()
     started = time.perf_counter()
     try:

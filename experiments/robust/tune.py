@@ -15,26 +15,16 @@ recipes.yaml (make robust) then runs over three seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from compare import ROOT, fmt, sweep
-
-sys.path.insert(0, str(ROOT))
-from rmu.evaluation.results import RunResults  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
+from common import HERE, done, fmt, load_config, same_settings, sweep
+from rmu.evaluation.results import RunResults  # noqa: E402  (common puts this checkout first on the path)
 
 
-def load_config(path: Path) -> dict:
-    cfg = yaml.safe_load(path.read_text())
-    for key in ("seed", "floor", "forget_ceiling", "train", "recipes"):
-        if key not in cfg:
-            sys.exit(f"error: {path}: missing key {key!r} (seed, floor, forget_ceiling, train, recipes)")
+def read_config(path: Path) -> dict:
+    cfg = load_config(path, ("seed", "floor", "forget_ceiling", "train", "recipes"))
     if not 0 < cfg["floor"] <= 1:
         sys.exit(f"error: {path}: floor={cfg['floor']}: a share of the base model's general accuracy, in (0, 1]")
     for recipe, settings in cfg["recipes"].items():
@@ -43,26 +33,15 @@ def load_config(path: Path) -> dict:
     return cfg
 
 
-def same_start(folder: Path, settings: dict) -> None:
-    """Like compare.same_settings, but a recipe may gain stronger settings at the end of its
-    list: the runs already made keep their positions and stay valid."""
-    record = folder / "recipe.json"
-    if record.is_file():
-        old = json.loads(record.read_text())
-        n = len(old["settings"])
-        if {**old, "settings": None} != {**settings, "settings": None} or settings["settings"][:n] != old["settings"]:
-            sys.exit(f"tune: {folder} holds runs of other settings than {settings}; move it away or restore them")
-    folder.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(settings, indent=1) + "\n")
-
-
 def train_all(cfg: dict, work: Path, launcher: str | None) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for recipe, settings in cfg["recipes"].items():
         for n, overrides in enumerate(settings):
             folder = work / recipe / str(n)
-            same_start(folder.parent, {"seed": cfg["seed"], "train": cfg["train"], "settings": settings})
-            if not (folder / "results.json").is_file():
+            # A recipe may gain stronger settings at the end of its list: the runs made stay valid.
+            same_settings(folder.parent, {"seed": cfg["seed"], "train": cfg["train"], "settings": settings}, "tune",
+                          growing="settings")
+            if not done(folder):
                 sweep("rmu.train", [*cfg["train"], *overrides, f"seed={cfg['seed']}", f"output_dir={folder}"],
                       launcher, work / "sweeps" / f"{stamp}-{recipe}-{n}")
 
@@ -109,7 +88,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=HERE, help="where tuning.md and runs/tune go")
     p.add_argument("--launcher", default=None, help="a hydra/launcher option, e.g. slurm (default: one after another)")
     args = p.parse_args(argv)
-    cfg = load_config(args.config)
+    cfg = read_config(args.config)
     work = (args.out / "runs" / "tune").absolute()
     train_all(cfg, work, args.launcher)
     text, picks = pick(cfg, work)
