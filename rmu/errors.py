@@ -40,6 +40,12 @@ class RankFailed(RmuError):
 
 
 class Preempted(RmuError):
-    """SIGTERM arrived; the training state was saved and the same command resumes it."""
+    """A signal arrived (SIGTERM, SIGINT, SIGHUP); the training state was saved and the same
+    command resumes it. The exit code is 128 + the signal (143 for SIGTERM, what a
+    scheduler expects from a terminated job; 130 for Ctrl-C; 129 for a hangup)."""
 
-    exit_code = 143  # 128 + SIGTERM, what a scheduler expects from a terminated job
+    exit_code = 143
+
+    def __init__(self, message: str, signum: int = 15):
+        super().__init__(message)
+        self.exit_code = 128 + signum

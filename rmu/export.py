@@ -28,14 +28,18 @@ from rmu.config.schema import CONF_DIR
 from rmu.errors import ConfigError, ExportError
 from rmu.evaluation.results import ANY, NUMBER, RunResults, list_of, map_of, optional, read_metrics, schema_problem
 from rmu.models.weights import check_weights
-from rmu.run.checkpoint import MARKER, check_output_dir, check_writable, folder_size, staged_output
+from rmu.run.checkpoint import (MARKER, check_output_dir, check_writable, clean_leftovers, folder_size,
+                                staged_output)
 from rmu.run.cli import run_command
-from rmu.run.lock import OutputLock
+from rmu.run.lock import OutputLock, held
 from rmu.unlearn.robust import active_stages, describe_targets
 
 # lm-eval tasks whose data lives on the Hub: (dataset id, config) for the model-index.
 HARNESS_DATASETS = {"wmdp_bio": ("cais/wmdp", "wmdp-bio"), "wmdp_cyber": ("cais/wmdp", "wmdp-cyber"),
                     "wmdp_chem": ("cais/wmdp", "wmdp-chem"), "mmlu": ("cais/mmlu", "all")}
+
+
+CARD_BYTES = 2 ** 20  # the model card, and the marker
 
 
 # What the model card reads of rmu_config.yaml (rmu/evaluation/results.py's spec language).
@@ -194,14 +198,18 @@ def prepare(checkpoint: str | Path, repo_id: str, output_dir: str | Path | None 
     target = Path(output_dir) if output_dir else checkpoint.with_name(checkpoint.name + "-hub")
     check_output_dir(str(target), overwrite, protected=(str(checkpoint),))
     run_cfg, results = _read_run(checkpoint)
-    check_writable(str(target), folder_size(checkpoint), what=f"a copy of {checkpoint}")
     adapter = (checkpoint / "adapter_config.json").is_file()
     card = model_card(run_cfg, results, repo_id, adapter)
-    with OutputLock(target), staged_output(target, overwrite) as tmp:
-        for f in sorted(checkpoint.iterdir()):
-            if f.is_file() and f.name not in ("README.md", MARKER):  # peft writes a stub card; ours replaces it
-                shutil.copy2(f, tmp / f.name)
-        card.save(tmp / "README.md")
+    with OutputLock(target):
+        for line in clean_leftovers(target, held):  # what killed commands left beside it (and the room it took)
+            print(line)
+        check_output_dir(str(target), overwrite, protected=(str(checkpoint),))  # also a finished folder restored
+        check_writable(str(target), folder_size(checkpoint) + CARD_BYTES, what=f"a copy of {checkpoint}")
+        with staged_output(target, overwrite) as tmp:
+            for f in sorted(checkpoint.iterdir()):
+                if f.is_file() and f.name not in ("README.md", MARKER):  # peft writes a stub card; ours replaces it
+                    shutil.copy2(f, tmp / f.name)
+            card.save(tmp / "README.md")
     return target.absolute()
 
 

@@ -404,6 +404,9 @@ def run(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     plan = plan_attack(cfg)  # raises ConfigError / DataError before either model loads
     with OutputLock(cfg.output_dir):  # one command per output folder (rmu/run/lock.py)
+        for line in clean_leftovers(cfg.output_dir, output_held):  # what killed commands left beside it
+            print(line)
+        check_output_dir(cfg.output_dir, cfg.overwrite, protected=(cfg.model.path, cfg.base.path))  # one restored
         return attack(cfg, plan, t0)
 
 

@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 
 from rmu.errors import ConfigError, OutputError
 from rmu.run.pause import pause_point
+from rmu.run.signals import deferred
 
 MARKER = ".rmu-output.json"
 GIB = 2 ** 30
@@ -112,9 +113,11 @@ def check_writable(path: str, needed_bytes: int = 0, what: str = "the output", k
     except OSError as e:
         raise ConfigError(f"{key}={path}: cannot write in {parent} ({e.strerror or e})") from None
     free = shutil.disk_usage(parent).free
-    if needed_bytes and free < needed_bytes * 1.05:
-        raise ConfigError(f"{key}={path}: {what} needs about {needed_bytes / GIB:.2f} GiB, but the disk holding "
-                          f"{parent} has {free / GIB:.2f} GiB free; free some space or choose another {key}")
+    margin = needed_bytes * 0.05 + 16 * 2 ** 20  # estimates are estimates; a disk at 100 % helps no one
+    if needed_bytes and free < needed_bytes + margin:
+        raise ConfigError(f"{key}={path}: {what} needs about {human(needed_bytes)} (and a margin of {human(margin)}), "
+                          f"but the disk holding {parent} has {human(free)} free; free some space or choose "
+                          f"another {key}")
 
 
 def read_marker(folder: Path) -> dict:
@@ -256,31 +259,42 @@ def staged_output(final: str | Path, overwrite: bool, run_id: str | None = None)
     is kept under a visible sibling name and the error says where."""
     final = Path(final).expanduser().absolute()
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-    (tmp / MARKER).write_text(json.dumps(_owner(run_id)))  # whose it is, while it is being written
+    with deferred():  # a signal (rmu/run/signals.py) waits until the folder is there and says whose it is
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+        (tmp / MARKER).write_text(json.dumps(_owner(run_id)))  # whose it is, while it is being written
+        register(tmp, final)
     try:
-        yield tmp
-        pause_point("publish")
-        (tmp / MARKER).write_text(json.dumps(_published_marker(tmp, run_id)))
-        _usual_modes(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        if final.exists() and any(final.iterdir()):
-            check_output_dir(str(final), overwrite)  # raises if it may not be replaced
-            old = final.with_name(f".{final.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            if final.exists():
-                final.rmdir()
-            tmp.rename(final)
-    except (ConfigError, OSError) as e:
-        kept = _publish_elsewhere(tmp, final)
-        cause = str(e) if isinstance(e, ConfigError) else f"{e.strerror or e}"
-        raise OutputError(f"could not publish {final} ({cause}); the finished output is kept in {kept}") from None
+        try:
+            yield tmp
+            pause_point("publish")
+            marker = json.dumps(_published_marker(tmp, run_id))
+            _usual_modes(tmp)
+        except BaseException:
+            with deferred():  # a second Ctrl-C does not leave half of it
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        with deferred():  # complete and in place, or not at all: a signal waits for the renames
+            try:
+                _replace_text(tmp / MARKER, marker)  # from here the folder is complete (clean_leftovers)
+                if final.exists() and any(final.iterdir()):
+                    check_output_dir(str(final), overwrite)  # raises if it may not be replaced
+                    old = final.with_name(f".{final.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+                    final.rename(old)
+                    pause_point("renaming")  # the moment a kill leaves two complete copies and no `final`
+                    tmp.rename(final)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    if final.exists():
+                        final.rmdir()
+                    tmp.rename(final)
+            except (ConfigError, OSError) as e:
+                kept = _publish_elsewhere(tmp, final)
+                cause = str(e) if isinstance(e, ConfigError) else f"{e.strerror or e}"
+                err = OutputError(f"could not publish {final} ({cause}); the finished output is kept in {kept}")
+                err.kept = kept
+                raise err from None
+    finally:
+        unregister(tmp)
 
 
 def _published_marker(folder: Path, run_id: str | None) -> dict:
@@ -315,38 +329,154 @@ def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def clean_leftovers(final: str | Path, live: callable) -> list[str]:
-    """Hidden folders beside `final` that killed runs left: temporary and replaced folders
-    (`.<name>.tmp-*`, `.<name>.old-*`, rmu's by their marker) are removed unless a live run
-    holds `<name>`; interrupted runs' states (`.<name>.resume`) are kept and reported.
-    `live(path)`: whether a running process holds the output folder at `path` (this run's
-    own name is not asked: it holds that lock itself). Returns the lines to print."""
-    parent = Path(final).expanduser().absolute().parent
-    if not parent.is_dir():
-        return []
-    own = Path(final).name
-    lines = []
+def human(n: float) -> str:
+    """A size as people read it: GiB from 0.1 GiB up, MiB below."""
+    return f"{n / GIB:.2f} GiB" if n >= 0.1 * GIB else f"{n / 2 ** 20:.1f} MiB"
+
+
+def _marker_of(folder: Path) -> dict:
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """`text` into `path` through a temporary file renamed over it: never half a file."""
+    part = path.with_name(f".{path.name}.part")
+    part.write_text(text)
+    os.replace(part, path)
+
+
+def _complete(folder: Path) -> bool:
+    """Whether `folder` is a finished output: its marker lists its files (written just before
+    publishing) and every one of them is there (a deletion cut short removes some)."""
+    files = _marker_of(folder).get("files")
+    return isinstance(files, list) and all((folder / f).exists() for f in files)
+
+
+def _writer_alive(folder: Path) -> bool:
+    """Whether the process its marker names still runs (a command that is writing it now)."""
+    from rmu.run.lock import _alive
+
+    owner = _marker_of(folder)
+    return bool(owner.get("pid")) and _alive(owner)
+
+
+def _leftovers(parent: Path) -> dict[str, dict[str, list[Path]]]:
+    """{output name: {"tmp": [...], "old": [...], "resume": [...]}} of the hidden folders in `parent`."""
+    found: dict[str, dict[str, list[Path]]] = {}
     for p in sorted(parent.glob(".*.*")):
         for kind in (".tmp-", ".old-", ".resume"):
-            name, sep, _ = p.name[1:].rpartition(kind)
-            if sep and p.is_dir():
+            name, sep, rest = p.name[1:].rpartition(kind)
+            if sep and name and p.is_dir() and (kind != ".resume" or not rest):
+                found.setdefault(name, {"tmp": [], "old": [], "resume": []})[kind.strip(".-")].append(p)
                 break
-        else:
-            continue
-        if name != own and live(parent / name):
-            continue
-        size = folder_size(p) / GIB
-        if kind == ".resume":
-            if name != own:
-                lines.append(f"rmu: {p} holds an interrupted run's state ({size:.2f} GiB); resume it with "
-                             f"output_dir={parent / name}, or delete it")
-        elif (p / MARKER).is_file():
-            shutil.rmtree(p, ignore_errors=True)
-            lines.append(f"rmu: removed {p}, a folder a killed run left ({size:.2f} GiB)")
-        else:
-            lines.append(f"rmu: {p} looks like a folder a killed run left ({size:.2f} GiB), but it has no rmu marker: "
+    return found
+
+
+def settle(final: Path, found: dict[str, list[Path]], own: bool = False) -> list[str]:
+    """What killed commands left for the output `final`: a finished output that never got
+    into place is restored (a complete `.tmp-*`, else a complete `.old-*`, renamed to
+    `final`) or, when `final` holds another, kept under a visible name; what is left
+    half-written or already replaced is removed; what has no rmu marker is only named.
+    Never the only complete copy of an output is deleted. Returns the lines to print."""
+    lines = []
+    tmps = [t for t in found["tmp"] if not _writer_alive(t)]  # a command writing it right now keeps it
+    leftovers = tmps + found["old"]
+    if not (final.exists() and (not final.is_dir() or any(final.iterdir()))):
+        newest = lambda ps: sorted((p for p in ps if _complete(p)), key=lambda p: p.stat().st_mtime)[-1:]  # noqa: E731
+        for candidate in newest(tmps) or newest(found["old"]):
+            with deferred():
+                if final.is_dir():
+                    final.rmdir()
+                candidate.rename(final)
+            leftovers.remove(candidate)
+            lines.append(f"rmu: restored {final} from {candidate.name}, the complete output a command killed while "
+                         f"publishing it left")
+    for p in leftovers:
+        size = human(folder_size(p))
+        if not (p / MARKER).is_file():
+            lines.append(f"rmu: {p} looks like a folder a killed run left ({size}), but it has no rmu marker: "
                          f"not removed")
+        elif p in tmps and _complete(p):  # finished, never published, and `final` holds another output
+            kept = _publish_elsewhere(p, final)
+            lines.append(f"rmu: kept {kept}: the finished output a command killed while publishing it left "
+                         f"({size}; {final} holds another)")
+        else:
+            with deferred():
+                shutil.rmtree(p, ignore_errors=True)
+            lines.append(f"rmu: removed {p}, a folder a killed run left ({size})")
+    if not own and leftovers:
+        from rmu.run.lock import remove_stale
+
+        if remove_stale(final):
+            lines.append(f"rmu: removed the lock of {final} that a killed run left")
+    if not own:
+        for p in found["resume"]:
+            lines.append(f"rmu: {p} holds an interrupted run's state ({human(folder_size(p))}); resume it with "
+                         f"output_dir={final}, or delete it")
     return lines
+
+
+def clean_leftovers(final: str | Path, live: callable) -> list[str]:
+    """Hidden folders beside `final` that killed commands left (`.<name>.tmp-*`,
+    `.<name>.old-*`, rmu's by their marker), settled by `settle` unless a live run holds
+    `<name>`; interrupted runs' states (`.<name>.resume`) are kept and reported.
+    `live(path)`: whether a running process holds the output folder at `path` (this run's
+    own name is not asked: it holds that lock itself). Returns the lines to print."""
+    final = Path(final).expanduser().absolute()
+    parent = final.parent
+    if not parent.is_dir():
+        return []
+    lines = []
+    for name, found in _leftovers(parent).items():
+        if name != final.name and live(parent / name):
+            continue
+        lines += settle(parent / name, found, own=name == final.name)
+    return lines
+
+
+def _registry() -> Path:
+    root = os.environ.get("RMU_CACHE") or Path.home() / ".cache" / "rmu"
+    return Path(root).expanduser().absolute() / "staging"
+
+
+def _entry(tmp: Path) -> Path:
+    return _registry() / f"{hashlib.sha256(str(tmp).encode()).hexdigest()[:16]}.json"
+
+
+def register(tmp: Path, final: Path) -> None:
+    """Note a temporary output folder in $RMU_CACHE/staging (default ~/.cache/rmu), so that
+    the next command, wherever it writes, finds it if this one is killed (rmu/run/leftovers.py)."""
+    try:
+        _registry().mkdir(parents=True, exist_ok=True)
+        _entry(tmp).write_text(json.dumps({"tmp": str(tmp), "final": str(final), **_owner()}))
+    except OSError:
+        pass  # a read-only home: the folder is still found by a command writing beside it
+
+
+def unregister(tmp: Path) -> None:
+    try:
+        _entry(tmp).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def registered() -> list[tuple[Path, dict]]:
+    """(entry file, its content) of every temporary folder noted by `register`."""
+    out = []
+    try:
+        entries = sorted(_registry().glob("*.json"))
+    except OSError:
+        return out
+    for e in entries:
+        try:
+            out.append((e, json.loads(e.read_text())))
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def save_run(folder: Path, model, tokenizer, cfg, controls: torch.Tensor, topics: list[str],
@@ -362,5 +492,6 @@ def save_run(folder: Path, model, tokenizer, cfg, controls: torch.Tensor, topics
 
 def os_error_message(e: OSError, doing: str) -> str:
     """`doing <path>: <cause>` for an OSError, with disk-full said plainly."""
-    cause = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    cause = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}.get(e.errno) \
+        or e.strerror or str(e)
     return f"{doing} {e.filename or ''}: {cause}".replace("  ", " ")

@@ -5,6 +5,9 @@ all commands treat sweeps, multi-task SLURM jobs and errors the same way.
     def main(cfg):
         return run_command(train, cfg)
 
+Before the work it installs the handler of SIGINT, SIGHUP and SIGTERM (rmu/run/signals.py)
+and settles what killed commands left anywhere (rmu/run/leftovers.py). A signal ends the
+command with one sentence saying what was kept and 128 + the signal (130, 129, 143).
 An `RmuError` (rmu/errors.py) ends the command with `error: <message>` on stderr and its
 exit code (143 after a SIGTERM that saved the training state), and an OSError (a full
 disk, a read-only folder) one line naming the path and the cause; anything else is a bug
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import sys
 
+from rmu.run import leftovers, signals
 from rmu.run.checkpoint import os_error_message
 from rmu.run.distributed import ranks_from_slurm
 from rmu.errors import Preempted, RmuError
@@ -35,23 +39,37 @@ def quiet_progress_bars() -> None:
     hf_logging.disable_progress_bar()
 
 
+def say(line: str, file=None) -> None:
+    """Print, unless the terminal is gone (a hangup): the exit code still tells."""
+    try:
+        print(line, file=file or sys.stdout, flush=True)
+    except OSError:
+        pass
+
+
 def run_command(fn, cfg):
+    signals.install()  # SIGINT, SIGHUP, SIGTERM: what there is to keep is kept (rmu/run/signals.py)
     if getattr(cfg, "output_dir", None) is not None:  # export's null output_dir means <checkpoint>-hub: kept
         job_output_dir(cfg)  # in a -m sweep: <hydra.sweep.dir>/<job number> (rmu/run/sweep.py)
     ranks_from_slurm()  # a SLURM job of several tasks: one rank per task
     quiet_progress_bars()
     try:
+        for line in leftovers.sweep(getattr(cfg, "output_dir", None)):  # what killed commands left anywhere
+            say(line)
         return fn(cfg)
+    except signals.Stopped as e:  # nothing more to keep than the note says; also ends a sweep
+        say(f"rmu: {e.sentence()}")
+        sys.exit(e.exit_code)
     except Preempted as e:  # also in a sweep: the scheduler requeues the job, which resumes
-        print(f"rmu: {e}")
+        say(f"rmu: {e}")
         sys.exit(e.exit_code)
     except RmuError as e:
         if in_sweep():
             raise
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", sys.stderr)
         sys.exit(e.exit_code)
     except OSError as e:  # the machine's, not rmu's: a full disk, a permission, a vanished file
         if in_sweep():
             raise
-        print(f"error: {os_error_message(e, 'could not use')}", file=sys.stderr)
+        say(f"error: {os_error_message(e, 'could not use')}", sys.stderr)
         sys.exit(1)

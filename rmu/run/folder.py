@@ -13,7 +13,7 @@ import shlex
 import sys
 
 from rmu.errors import ResumeError
-from rmu.run.checkpoint import clean_leftovers
+from rmu.run.checkpoint import check_output_dir, clean_leftovers
 from rmu.run.distributed import Ranks
 from rmu.run.lock import OutputLock, held
 from rmu.run.resume import Resume, find_interrupted
@@ -45,6 +45,8 @@ class RunFolder:
         try:
             for line in ranks.on_main(lambda: clean_leftovers(cfg.output_dir, held)) or []:
                 ranks.print(line)
+            # A finished output a killed run left may have been restored into output_dir: checked again.
+            ranks.on_main(lambda: check_output_dir(cfg.output_dir, cfg.overwrite, protected=(cfg.model.path,)))
             if note:
                 ranks.print(note)
             self.resume = Resume(cfg)
@@ -70,11 +72,11 @@ class RunFolder:
                               f"in {resume.folder} than rank 0 (step {step}); put output_dir on a shared disk")
         return state
 
-    def stopped_message(self, when: str) -> str:
+    def stopped_message(self, when: str, by: str = "SIGTERM") -> str:
         """What a preempted run says: where the state is and the exact command that resumes it."""
         args = [a for a in sys.argv[1:] if a.split("=", 1)[0].lstrip("+~") not in ("output_dir", "overwrite")]
         module = getattr(sys.modules.get("__main__"), "__spec__", None)
         command = shlex.join(["python", "-m", module.name if module else "rmu.train", *args,
                               f"output_dir={self.cfg.output_dir}"])
-        return (f"stopped by SIGTERM {when}; the state is in {self.resume.folder}: run the same command again to "
+        return (f"stopped by {by} {when}; the state is in {self.resume.folder}: run the same command again to "
                 f"resume, or exactly: {command}")

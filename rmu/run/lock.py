@@ -59,6 +59,25 @@ def held(output_dir: str | Path) -> bool:
     return owner is not None and (_alive(owner) if owner else True)
 
 
+def remove_stale(output_dir: str | Path) -> bool:
+    """Remove the lock of `output_dir` when its owner is gone (the same take-over as
+    `OutputLock.acquire`, so that a run taking it at this moment keeps its own)."""
+    path = lock_path(output_dir)
+    owner = read_owner(path)
+    if not owner or _alive(owner):
+        return False
+    stale = path.with_name(f"{path.name}.stale-{os.getpid()}")
+    try:
+        os.replace(path, stale)
+    except FileNotFoundError:
+        return False
+    if read_owner(stale) != owner:  # another run took it over first: give its lock back
+        os.replace(stale, path)
+        return False
+    stale.unlink(missing_ok=True)
+    return True
+
+
 class OutputLock:
     def __init__(self, output_dir: str | Path):
         self.path = lock_path(output_dir)

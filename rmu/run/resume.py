@@ -22,17 +22,19 @@ it (`find_interrupted`). The folder is deleted once the output folder is written
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from rmu.run import pause
+from rmu.run import pause, signals
 from rmu.run.checkpoint import os_error_message
 from rmu.errors import OutputError, ResumeError, TrainingError
 from rmu.run.lock import held
@@ -55,6 +57,87 @@ def fingerprint(cfg) -> str:
 def state_folder(output_dir: str | Path) -> Path:
     out = Path(output_dir).expanduser().absolute()
     return out.with_name(f".{out.name}.resume")
+
+
+def state_places(output_dir: str | Path) -> list[Path]:
+    """Where the state of `output_dir` may be, in the order a save tries them: beside the
+    output folder; when that disk is full, under $RMU_CACHE/resume (default
+    ~/.cache/rmu/resume) and then under $TMPDIR/rmu-resume, in a folder named after the
+    output folder and a hash of its path."""
+    out = Path(output_dir).expanduser().absolute()
+    key = f"{out.name}-{hashlib.sha256(str(out).encode()).hexdigest()[:12]}.resume"
+    return [state_folder(out)] + [root / key for root in elsewhere_roots()]
+
+
+def elsewhere_roots() -> list[Path]:
+    cache = Path(os.environ.get("RMU_CACHE") or Path.home() / ".cache" / "rmu").expanduser().absolute()
+    return [cache / "resume", Path(tempfile.gettempdir()).absolute() / "rmu-resume"]
+
+
+def _write_state(folder: Path, name: str, tensors: dict, manifest: dict) -> None:
+    """tensors-<step>.pt, then state.json (the commit), into `folder`; whatever fails or is
+    cut short (a second Ctrl-C) leaves the state that was there before."""
+    try:
+        committed = folder / json.loads((folder / "state.json").read_text())["tensors"]
+    except (OSError, ValueError, KeyError, TypeError):
+        committed = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        pause.pause_point("state_saving")
+        tmp = folder / f"{name}.tmp"
+        with open(tmp, "wb") as f:
+            torch.save(tensors, f)
+        os.replace(tmp, folder / name)
+        text = json.dumps({**manifest, "sha256": _sha256(folder / name)}, default=str)
+        with open(folder / "state.json.tmp", "w") as f:
+            f.write(text)
+        os.replace(folder / "state.json.tmp", folder / "state.json")  # the commit
+    except BaseException:
+        with signals.deferred():
+            for p in folder.glob("*.tmp"):
+                p.unlink(missing_ok=True)
+            if (folder / name).is_file() and folder / name != committed:
+                (folder / name).unlink()
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
+def _nbytes(tree) -> int:
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(_nbytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(_nbytes(v) for v in tree)
+    return 0
+
+
+def _room(folder: Path, size: int) -> None:
+    """An ENOSPC OSError when the disk holding `folder` has less than `size` (+ 5 %, + 1 MiB) free."""
+    probe = next(p for p in [folder, *folder.parents] if p.exists())
+    free = shutil.disk_usage(probe).free
+    if free < size * 1.05 + 2 ** 20:
+        raise OSError(errno.ENOSPC, f"the disk is full ({free / 2 ** 20:.1f} MiB free, the state needs "
+                                    f"{size / 2 ** 20:.1f} MiB)", str(folder))
+
+
+def write_failure(folder: Path, e: BaseException) -> str:
+    """Why writing into `folder` failed, in words: a full disk said plainly, whichever
+    library reports it (torch.save and safetensors do not raise an OSError for it)."""
+    if isinstance(e, OSError):
+        return os_error_message(e, "").split(": ", 1)[-1].strip() or type(e).__name__
+    text = str(e)
+    if "No space left" in text or "os error 28" in text:
+        return "the disk is full"
+    try:
+        probe = next(p for p in [folder, *folder.parents] if p.exists())
+        if shutil.disk_usage(probe).free < 64 * 2 ** 20:
+            return "the disk is full"
+    except (OSError, StopIteration):
+        pass
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _sha256(path: Path) -> str:
@@ -89,9 +172,12 @@ def find_interrupted(cfg) -> str | None:
 
 class Resume:
     def __init__(self, cfg):
-        self.folder = state_folder(cfg.output_dir)
+        self.output_dir = Path(cfg.output_dir).expanduser().absolute()
+        # Beside the output folder, or where a run whose disk was full kept it (state_places).
+        self.folder = next((f for f in state_places(self.output_dir) if f.is_dir()), state_folder(self.output_dir))
         self.fingerprint = fingerprint(cfg)
         self.saved_step: int | None = None  # the step of the state on disk, once one is known
+        self.moved: str | None = None  # the line to print when a save went elsewhere (the disk was full)
 
     def load(self) -> dict | None:
         """The saved state, checked; None when there is none. Raises ResumeError naming the
@@ -147,26 +233,28 @@ class Resume:
             raise TrainingError(f"the updated tensors are not finite after step {step}; no state was saved"
                                 + self.kept_note())
         name = f"tensors-{step}.pt"
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / f"{name}.tmp"
-            with open(tmp, "wb") as f:
-                torch.save(tensors, f)
-            os.replace(tmp, self.folder / name)
-            manifest = {"format": FORMAT, "fingerprint": self.fingerprint, "step": step, "tensors": name,
-                        "sha256": _sha256(self.folder / name), "scale": updater.scale,
-                        "good_steps": updater.good_steps, "rows": rows, "before": before}
-            text = json.dumps(manifest, default=str)
-            with open(self.folder / "state.json.tmp", "w") as f:
-                f.write(text)
-            os.replace(self.folder / "state.json.tmp", self.folder / "state.json")  # the commit
-        except OSError as e:
-            for p in self.folder.glob("*.tmp"):
-                p.unlink(missing_ok=True)
-            if (self.folder / name).is_file() and self.saved_step != step:
-                (self.folder / name).unlink()
-            raise OutputError(os_error_message(e, f"could not save the training state of step {step} to")
-                              + self.kept_note()) from None
+        manifest = {"format": FORMAT, "fingerprint": self.fingerprint, "step": step, "tensors": name,
+                    "scale": updater.scale, "good_steps": updater.good_steps, "rows": rows, "before": before,
+                    "output_dir": str(self.output_dir)}
+        failures, size = [], _nbytes(tensors)
+        for folder in [self.folder] + [f for f in state_places(self.output_dir) if f != self.folder]:
+            try:
+                _room(folder, size)  # never fill a disk (a home quota) to find out
+                _write_state(folder, name, tensors, manifest)
+            except (OSError, RuntimeError) as e:  # torch.save says a full disk as a RuntimeError
+                failures.append((folder, e))
+                continue
+            if folder != self.folder:  # the usual place had no room: the newer state replaces the older one
+                shutil.rmtree(self.folder, ignore_errors=True)
+                self.moved = (f"rmu: could not save the training state in {failures[0][0]} "
+                              f"({write_failure(*failures[0])}); saved it in {folder} instead")
+                self.folder = folder
+            break
+        else:
+            folder, e = failures[0]
+            where = f"could not save the training state of step {step} to {folder}: {write_failure(folder, e)}"
+            others = "; ".join(f"{f}: {write_failure(f, x)}" for f, x in failures[1:])
+            raise OutputError(where + (f" (nor to {others})" if others else "") + self.kept_note()) from None
         for old in self.folder.glob("tensors-*.pt"):
             if old.name != name:
                 old.unlink()
@@ -201,35 +289,55 @@ class Resume:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        with signals.deferred():  # a signal in the middle would leave half a state
+            for folder in {self.folder, *state_places(self.output_dir)}:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 class Interrupted(BaseException):
-    """SIGTERM during the final evaluation or save (a BaseException: nothing catches it by
+    """A signal during the final evaluation or save (a BaseException: nothing catches it by
     accident on its way up)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class Preemption:
-    """Turns SIGTERM into a flag the training loop checks after each step; after the last
-    step (`at_once()`), into an `Interrupted` raised wherever the run is."""
+    """The training loop's keeper of SIGINT, SIGHUP and SIGTERM (rmu/run/signals.py): a flag
+    the loop checks after each step; after the last step (`at_once()`), an `Interrupted`
+    raised wherever the run is. A second Ctrl-C stops at once (`signals.Stopped`)."""
 
     def __init__(self):
         self.requested = False
+        self.signum: int | None = None  # the signal that stopped this rank (None: another rank's)
         self.raise_at_once = False
-        pause.signalled = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = None
+        if not signals.installed():  # train() called without a command (tests, notebooks): for this run only
+            self._previous = {s: signal.getsignal(s) for s in signals.SIGNALS}
+            signals.install()
+        signals.keep(self._on_signal)
 
-    def _handle(self, signum, frame):
-        self.requested = True
-        pause.signalled = True
+    def _on_signal(self, signum):
+        self.requested, self.signum = True, signum
         if self.raise_at_once:
             self.raise_at_once = False  # one Interrupted: the handler of it saves the state undisturbed
-            raise Interrupted()
+            raise Interrupted(signum)
+        if signum == signal.SIGINT:
+            signals.note("rmu: Ctrl-C: the training state is saved at the end of this step; Ctrl-C again stops "
+                         "at once, keeping only the last saved state")
+
+    @property
+    def signal_name(self) -> str:
+        return signals.name(self.signum)
 
     def at_once(self):
         self.raise_at_once = True
         if self.requested:  # the signal came between the last step's check and now
-            self._handle(signal.SIGTERM, None)
+            self._on_signal(self.signum or signal.SIGTERM)
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        signals.keep(None)
+        if self._previous and signals.installed():
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)

@@ -13,6 +13,7 @@ call them directly, without a folder or a lock.
 from __future__ import annotations
 
 import json
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from rmu.report import write_report
 from rmu.run.checkpoint import save_run, staged_output
 from rmu.run.distributed import Ranks
 from rmu.run.fsdp import full_state_dict, load_sharded, local_parameter_mib
+from rmu.run import signals
 from rmu.run.pause import pause_point
 from rmu.run.progress import Progress
 from rmu.run.resume import Preemption, Resume
@@ -204,8 +206,8 @@ def fit(run: Run, before: tuple, folder=None, preemption: Preemption | None = No
 
 
 def save_or_stop(run: Run, folder, preemption: Preemption | None, rows: list[dict], before: tuple) -> None:
-    """After a step: save the state every `save_every` steps, or when any rank got SIGTERM
-    (then stop, every rank alike)."""
+    """After a step: save the state every `save_every` steps, or when any rank got a signal
+    (SIGTERM, SIGINT, SIGHUP; then stop, every rank alike)."""
     done, steps, ranks = len(rows), run.plan.steps, run.ranks
     pause_point(f"step-{done}")
     stop = ranks.any(preemption is not None and preemption.requested)  # SIGTERM on any rank stops all of them
@@ -214,8 +216,12 @@ def save_or_stop(run: Run, folder, preemption: Preemption | None, rows: list[dic
     every = run.cfg.trainer.save_every
     if done < steps and (stop or (every and done % every == 0)):
         ranks.on_main(lambda: folder.resume.save(done, run.updated, run.updater, rows, run.robust, before))
+        if folder.resume.moved and not stop:  # training goes on: say where its state went
+            ranks.print(folder.resume.moved)
+            folder.resume.moved = None
     if stop and done < steps:
-        raise Preempted(folder.stopped_message(f"after step {done}"))
+        signum = preemption.signum or signal.SIGTERM  # None: another rank's signal
+        raise Preempted(folder.stopped_message(f"after step {done}", signals.name(signum)), signum)
 
 
 def evaluate_run(run: Run, model_path: str, revision: str | None) -> tuple[dict, dict | None]:
