@@ -20,6 +20,8 @@ from rmu.models import loading as models
 from rmu.models import architectures
 from rmu.models.weights import check_weights
 from rmu.run.checkpoint import check_output_dir, check_writable
+from rmu.run.memory import check_memory
+from rmu.run.storage import describe, storage_parts
 from rmu.config.checks import check_attack_values, check_train_values, fail, plain
 from rmu.evaluation.results import RunResults
 
@@ -53,16 +55,6 @@ class AttackPlan:
     # name -> (texts fine-tuned on, questions about them, questions scored), for heldout_relearn
     # with splits and relearn_speed
     splits: dict[str, tuple[list[str], list, list]] = field(default_factory=dict)
-
-def storage_bytes(cfg: DictConfig, sizes: dict[str, int], updated: list[str]) -> tuple[int, int]:
-    """(bytes of the output folder's weights, bytes of a resume state) estimated from the
-    parameter counts: the model in its dtype (under unmerged LoRA: the adapter, small), and
-    the updated tensors with AdamW's two moments (and float32 masters in half precision)."""
-    width = 4 if cfg.model.dtype == "float32" else 2
-    n_updated = sum(sizes[n] for n in updated)
-    model = n_updated * width if cfg.adapter is not None and not cfg.adapter.merge else sum(sizes.values()) * width
-    state = n_updated * (width + 8 + (4 if width == 2 and cfg.optim.master_weights else 0))
-    return model, state
 
 
 def read_model_config(mcfg, key: str):
@@ -205,12 +197,15 @@ def plan_train(cfg: DictConfig) -> Plan:
         steps = min(steps, *(data_mod.n_batches(c, cfg.trainer.batch_size) for c in forget + retain))
     config = read_model_config(cfg.model, "model")
     names, sizes, targets, fused, prefix = update_names(cfg, config, v["layer_id"], v["update_layers"])
-    model_bytes, state_bytes = storage_bytes(cfg, sizes, names)
-    # The output folder (and its Hub copy), and room for a resume state beside it: a
-    # SIGTERM after the last step saves one.
-    check_writable(cfg.output_dir, model_bytes * (2 if cfg.export.repo_id else 1) + state_bytes,
-                   what=f"the checkpoint ({sum(sizes.values()) / 1e6:.1f} M parameters in {cfg.model.dtype}) "
-                        "with a resume state")
+    # Everything the run writes (rmu/run/storage.py): the output folder, its Hub copy, and
+    # a resume state beside it (a signal after the last step, or a full disk at the end, saves one).
+    parts = storage_parts(cfg, config, sizes, names, steps)
+    check_writable(cfg.output_dir, sum(parts.values()),
+                   what=f"the run ({describe(parts)}; weights in {cfg.model.dtype})")
+    # The memory of the device it runs on (rmu/run/memory.py), before any weights load.
+    check_memory(cfg, config, sum(sizes.values()), sum(sizes[n] for n in names),
+                 v["layer_id"] - min(v["update_layers"]) + 1, max(c.max_length for c in forget),
+                 max(c.max_length for c in retain))
     check_experts(cfg, config, names)
     not_linear = [n for n in names if not n.endswith(".weight") or "norm" in n.rsplit(".", 2)[-2]]
     if cfg.robust.collapse_components and not_linear:
