@@ -1,7 +1,8 @@
 """Fault injection through the real command line: each row of the README's "Nothing lost"
-table, driven as it happens on a cluster — SIGTERM / SIGKILL at named points
-(RMU_PAUSE_AT, rmu/run/pause.py), a read-only folder, an empty mount point, a full disk
-(tests/os_faults.py), two runs at once, planted and damaged state files, custom model
+table, driven as it happens on a cluster — SIGTERM, SIGINT, SIGHUP and SIGKILL at named
+points (RMU_PAUSE_AT, rmu/run/pause.py), a real hangup (a pseudo-terminal closed), a
+read-only folder, an empty mount point, a full disk (tests/os_faults.py, or a small tmpfs
+as root), a batch too large for memory, two runs at once, planted and damaged state files, custom model
 code, bad bytes. Each asserts the exit code, a message naming the cause, that nothing
 outside rmu's own folders changed, and after a resume the weights of an uninterrupted run."""
 
@@ -127,17 +128,20 @@ def test_a_read_only_folder_a_mount_point_and_a_small_disk_fail_before_the_model
     proc = faulty("rmu.train", *TINY, f"output_dir={scratch}", mount=scratch)
     refused(proc, "is a mount point", f"{scratch / 'run'}")
     assert LOADED not in proc.stdout
-    proc = faulty("rmu.train", *TINY, f"output_dir={tmp_path / 'run'}", free_bytes=1_000_000)
-    refused(proc, "needs about 0.01 GiB", "has 0.00 GiB free", "M parameters in float32")
+    # 12 MB: the weights alone would fit; the estimate covers the tokenizer, report, resume state and a margin.
+    proc = faulty("rmu.train", *TINY, f"output_dir={tmp_path / 'run'}", free_bytes=12_000_000)
+    refused(proc, "weights 12.6 MiB, tokenizer 3.4 MiB", "resume state", "has 11.4 MiB free", "weights in float32")
     assert LOADED not in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ro", "scratch"] and not any(scratch.iterdir())
 
 
-@pytest.mark.parametrize("point", ["step-4", "eval_after", "publish"])  # step-4: the last step
-def test_sigterm_after_training_keeps_the_trained_state_and_the_rerun_only_evaluates(tmp_path, straight, point):
-    out = tmp_path / "run"
-    rc, stdout, stderr = Paused(*TINY, f"output_dir={out}", point=point).wait().kill(signal.SIGTERM)
-    assert rc == 143, stderr[-3000:]
+@pytest.mark.parametrize("sig,point", [("SIGTERM", "step-4"), ("SIGTERM", "eval_after"), ("SIGTERM", "publish"),
+                                       ("SIGINT", "eval_after"), ("SIGINT", "publish"), ("SIGHUP", "eval_after")])
+def test_a_signal_after_training_keeps_the_trained_state_and_the_rerun_only_evaluates(tmp_path, straight, sig, point):
+    out = tmp_path / "run"  # step-4: the last step; SIGINT: Ctrl-C; SIGHUP: the terminal closed
+    rc, stdout, stderr = Paused(*TINY, f"output_dir={out}", point=point).wait().kill(getattr(signal, sig))
+    assert rc == 128 + getattr(signal, sig), stderr[-3000:]
+    assert "Traceback" not in stderr and stdout.count(f"stopped by {sig}") == 1
     assert "after training, before the output was written" in stdout and f"output_dir={out}" in stdout
     state = json.loads((tmp_path / ".run.resume" / "state.json").read_text())
     assert state["step"] == 4 and not out.exists()
@@ -366,10 +370,226 @@ def test_the_readme_table_lists_every_case_tested_here():
     for case in ("output_dir=. overwrite=true", "read-only", "mount point", "during the final evaluation",
                  "timestamped", "planted pickle", "damaged", "non-finite", "two runs", "trust_remote_code",
                  "non-UTF-8", "disk full", "killed", "log file",
+                 "SIGINT (Ctrl-C) or SIGHUP", "a second Ctrl-C", "closed terminal", "while `rmu.export`",
+                 "complete `.o.old-*`", "disk fills up after training", "`trainer.batch_size=100000`",
                  "`rmu.eval output_file=`", "`rmu.report DIR`", "`make robust --out`", "encoder-only model (BERT)",
                  "`model=tiny_random model.path=<a run folder>`", "truncated or overwritten `model.safetensors`",
                  "`results.json` of the wrong shape", "a folder given as a corpus"):
         assert case in readme, case
+
+
+# Nothing lost, round two (issue 24): every signal, disk and memory before the work, cleanup
+# that never deletes the only complete copy.
+ATTACK = ["attack=ablate", "model=tiny_random", "model.arch=null", "model@base=tiny_random", "eval.batch_size=32",
+          "eval.sets=[{name: chem, path: 'bundled:mcq_chem.jsonl', role: forget},"
+          "{name: general, path: 'bundled:mcq_general.jsonl', role: retain}]", "attack.ablate.examples=4"]
+
+
+def stopped(rc: int, stdout: str, stderr: str, sig: str, *phrases: str):
+    """A command a signal ended: 128 + the signal, one `stopped by` sentence, no traceback."""
+    assert rc == 128 + getattr(signal, sig), (rc, stderr[-3000:])
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stdout.count("rmu: stopped") == 1, stdout[-3000:]
+    for phrase in phrases:
+        assert phrase in stdout, (phrase, stdout[-3000:])
+
+
+def isolated_cache(tmp_path: Path) -> dict:
+    """An $RMU_CACHE of the test's own (where states kept away from a full disk go, and the
+    notes of temporary folders), sharing the converted GGUF of the real one."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    gguf = Path(os.environ.get("RMU_CACHE") or Path.home() / ".cache" / "rmu") / "gguf"
+    if gguf.is_dir():
+        (cache / "gguf").symlink_to(gguf)
+    return {"RMU_CACHE": str(cache)}
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGHUP"])
+def test_sigint_and_sighup_during_training_save_the_state_and_the_rerun_continues(tmp_path, straight, sig):
+    out = tmp_path / "run"
+    rc, stdout, stderr = Paused(*TINY, f"output_dir={out}", point="step-2").wait().kill(getattr(signal, sig))
+    stopped(rc, stdout, stderr, sig, f"stopped by {sig} after step 2", f"output_dir={out}")
+    assert json.loads((tmp_path / ".run.resume" / "state.json").read_text())["step"] == 2
+    assert hidden(tmp_path) == [".run.resume"] and not out.exists()  # no lock, no temporary folder
+    again = run_cli("rmu.train", *TINY, f"output_dir={out}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming at step 2" in again.stdout
+    assert_same_weights(straight, out, 0.0)
+    assert hidden(tmp_path) == []
+
+
+def test_a_second_ctrl_c_stops_at_once_keeping_the_last_complete_state(tmp_path, straight):
+    """Ctrl-C after step 3 (the state is saved at the end of the step), Ctrl-C again while
+    that state is being written: out at once, the state of step 2 (save_every=2) intact."""
+    out = tmp_path / "run"
+    env = {**ENV, "RMU_PAUSE_AT": "step-3,state_saving", "RMU_PAUSE_SECONDS": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "rmu.train", *TINY, f"output_dir={out}", "trainer.save_every=2"],
+                            cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err, saves = [], 0
+    for line in proc.stderr:
+        err.append(line)
+        if line.strip() == "rmu-pause: state_saving":
+            saves += 1
+            proc.send_signal(signal.SIGUSR1 if saves == 1 else signal.SIGINT)  # step 2's save goes on
+            if saves == 2:
+                break
+        elif line.strip() == "rmu-pause: step-3":
+            proc.send_signal(signal.SIGINT)
+    stdout, rest = proc.communicate(timeout=300)
+    stopped(proc.returncode, stdout, "".join(err) + rest, "SIGINT", "stopped at once by a second SIGINT",
+            "the state of step 2")
+    assert "Ctrl-C again stops at once" in "".join(err)  # the first Ctrl-C said what it does
+    assert sorted(p.name for p in (tmp_path / ".run.resume").iterdir()) == ["state.json", "tensors-2.pt"]
+    assert hidden(tmp_path) == [".run.resume"]
+    again = run_cli("rmu.train", *TINY, f"output_dir={out}", "trainer.save_every=2")
+    assert again.returncode == 0 and "resuming at step 2" in again.stdout, again.stderr[-3000:]
+    assert_same_weights(straight, out, 0.0)
+
+
+def test_a_closed_terminal_saves_the_state_although_nothing_can_be_printed(tmp_path, straight):
+    """A real hangup: the run's terminal (a pseudo-terminal here) goes away, the kernel sends
+    SIGHUP, and every write to the terminal would fail from then on."""
+    import pty
+
+    out = tmp_path / "run"
+    env = {**ENV, "RMU_PAUSE_AT": "step-2", "RMU_PAUSE_SECONDS": "120"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command, in a terminal of its own
+        try:
+            os.chdir(ROOT)
+            os.execve(sys.executable, [sys.executable, "-m", "rmu.train", *TINY, f"output_dir={out}"], env)
+        finally:
+            os._exit(127)
+    seen, deadline = b"", time.monotonic() + 300
+    while b"rmu-pause: step-2" not in seen and time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert b"rmu-pause: step-2" in seen, seen[-3000:]
+    os.close(fd)  # the terminal closes
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 129
+    assert json.loads((tmp_path / ".run.resume" / "state.json").read_text())["step"] == 2
+    assert hidden(tmp_path) == [".run.resume"]
+    again = run_cli("rmu.train", *TINY, f"output_dir={out}")
+    assert again.returncode == 0 and "resuming at step 2" in again.stdout, again.stderr[-3000:]
+    assert_same_weights(straight, out, 0.0)
+
+
+@pytest.mark.parametrize("module,sig", [("rmu.export", "SIGTERM"), ("rmu.export", "SIGINT"),
+                                        ("rmu.attack", "SIGHUP")])
+def test_a_signal_while_export_or_attack_publishes_removes_its_temporary_folder(tmp_path, straight, module, sig):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    before = snapshot(run)
+    out = tmp_path / "out"
+    args = ([f"checkpoint={run}", "repo_id=me/model", f"output_dir={out}"] if module == "rmu.export" else
+            [*ATTACK, f"model.path={run}", f"output_dir={out}", f"control_cache={tmp_path / 'controls'}"])
+    paused = Paused(*args, point="publish", module=module).wait()
+    assert any(n.startswith(".out.tmp-") for n in hidden(tmp_path))  # the full-size copy being written
+    rc, stdout, stderr = paused.kill(getattr(signal, sig))
+    stopped(rc, stdout, stderr, sig, f"stopped by {sig}; nothing was written")
+    assert hidden(tmp_path) == [] and not out.exists()  # no hidden copy, no lock
+    assert snapshot(run) == before
+    again = run_cli(module, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / ("README.md" if module == "rmu.export" else "results.json")).is_file()
+    assert hidden(tmp_path) == []
+
+
+def test_cleanup_restores_the_only_complete_copy_that_a_kill_mid_publish_left(tmp_path, straight):
+    """Killed between moving the old output aside and renaming the new one into place: a
+    complete `.o.old-*` and `.o.tmp-*` and no `o`. The next command, writing elsewhere,
+    finishes the publish: `o` is the new output, nothing else is left."""
+    outputs = tmp_path / "outputs"
+    shutil.copytree(straight, outputs / "o")
+    rc, _, stderr = Paused(*TINY, f"output_dir={outputs / 'o'}", "overwrite=true", "seed=1",
+                           point="renaming").wait().kill(signal.SIGKILL)
+    assert rc == -signal.SIGKILL, stderr[-3000:]
+    [old] = [n for n in hidden(outputs) if n.startswith(".o.old-")]
+    [new] = [n for n in hidden(outputs) if n.startswith(".o.tmp-")]
+    assert not (outputs / "o").exists()
+    new_weights = (outputs / new / "model.safetensors").read_bytes()
+    elsewhere = tmp_path / "elsewhere" / "p"  # another folder: found through $RMU_CACHE/staging
+    proc = run_cli("rmu.train", *TINY, f"output_dir={elsewhere}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"restored {outputs / 'o'} from {new}" in proc.stdout
+    assert f"removed {outputs / old}" in proc.stdout
+    assert (outputs / "o" / "model.safetensors").read_bytes() == new_weights
+    assert hidden(outputs) == []  # the killed run's lock too
+    again = run_cli("rmu.train", *TINY, f"output_dir={outputs / 'o'}", "overwrite=true")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_same_weights(straight, outputs / "o", 0.0) and hidden(outputs) == []
+
+
+def test_a_full_disk_after_training_keeps_the_trained_state_where_there_is_room(tmp_path, straight):
+    """Every write under disk/ fails with ENOSPC (tests/os_faults.py): the output cannot be
+    written and neither can the state beside it; the state goes to $RMU_CACHE/resume, the
+    sentence says where, and the same command finishes once the disk has room."""
+    disk, env = tmp_path / "disk", isolated_cache(tmp_path)
+    out = disk / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "os_faults.py"), "rmu.train", *TINY,
+                           f"output_dir={out}"], cwd=ROOT, env={**ENV, **env, "FAULT_ENOSPC": str(disk)},
+                          capture_output=True, text=True, timeout=600)
+    kept = Path(env["RMU_CACHE"]) / "resume"
+    refused(proc, f"could not write {out} (the disk is full)", f"the trained state is kept in {kept}",
+            "run the same command again")
+    [state] = kept.iterdir()
+    assert json.loads((state / "state.json").read_text())["step"] == 4
+    assert not disk.exists() or hidden(disk) == []  # no half output, no state, no lock on the full disk
+    again = run_cli("rmu.train", *TINY, f"output_dir={out}", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming at step 4 from {state}" in again.stdout
+    assert_same_weights(straight, out, 0.0)
+    assert hidden(disk) == [] and not any(kept.iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_small_real_disk_is_refused_before_loading_and_one_that_fills_up_keeps_the_state(tmp_path, straight):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    env = isolated_cache(tmp_path)
+    try:
+        proc = run_cli("rmu.train", *TINY, f"output_dir={mnt / 'run'}", env=env)
+        refused(proc, "tokenizer 3.4 MiB", "has 12.0 MiB free")  # the weights alone would fit
+        assert LOADED not in proc.stdout and not any(mnt.iterdir())
+        subprocess.run(["mount", "-o", "remount,size=40m", str(mnt)], check=True)
+        cmd = [sys.executable, "-m", "rmu.train", *TINY, f"output_dir={mnt / 'run'}"]
+        run = subprocess.Popen(cmd, cwd=ROOT, env={**ENV, **env, "RMU_PAUSE_AT": "eval_after",
+                                                   "RMU_PAUSE_SECONDS": "120"},
+                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for line in run.stderr:
+            if line.strip() == "rmu-pause: eval_after":
+                break
+        free = shutil.disk_usage(mnt).free
+        (mnt / "filler").write_bytes(b"\0" * (free - 200_000))  # another job fills the disk meanwhile
+        run.send_signal(signal.SIGUSR1)
+        stdout, stderr = run.communicate(timeout=300)
+        assert run.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+        assert f"could not write {mnt / 'run'} (the disk is full)" in stderr
+        assert f"the trained state is kept in {Path(env['RMU_CACHE']) / 'resume'}" in stderr
+        assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
+        (mnt / "filler").unlink()
+        again = run_cli("rmu.train", *TINY, f"output_dir={mnt / 'run'}", env=env)
+        assert again.returncode == 0 and "resuming at step 4" in again.stdout, again.stderr[-3000:]
+        assert_same_weights(straight, mnt / "run", 0.0)
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+def test_a_batch_that_cannot_fit_memory_is_refused_before_loading(tmp_path):
+    proc = run_cli("rmu.train", *TINY, f"output_dir={tmp_path / 'run'}", "trainer.batch_size=100000")
+    refused(proc, "trainer.batch_size=100000: the run needs about", "of memory", "the CPU has",
+            "GiB available; trainer.batch_size=")
+    assert proc.stderr.count("error:") == 1 and LOADED not in proc.stdout
+    assert list(tmp_path.iterdir()) == []  # no lock left behind
 
 
 # Nothing lost, round two (issue 24): every command that writes follows the marker rule,
