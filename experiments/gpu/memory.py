@@ -1,9 +1,16 @@
 """How much accelerator memory an RMU run needs, by estimate, and the estimate checked
-against what a run on the CPU really holds. The estimate is the product's
-(rmu/run/memory.py), which refuses a run that does not fit before any weights load.
+against what a run on the CPU really holds.
 
     python experiments/gpu/memory.py             # the recipes' table (docs/gpu.md)
+    HF_HUB_OFFLINE=1 python experiments/gpu/memory.py   # the same without trying the Hub
     python experiments/gpu/memory.py --check     # estimate vs measured, tiny and bundled models
+
+Each recipe is composed as `python -m rmu.train experiment=<recipe>` composes it (conf/): its
+batch size, text lengths, hooked and updated layers, dtype and master weights, and the tensors
+it updates chosen by the trainer's own rule (rmu/config/plan.py). The model's architecture is
+its config.json, read as training reads it (rmu.models.loading.read_config: the Hub or its
+cache; the Llama and Gemma repositories are gated); where that file cannot be read, the copy of
+its architecture fields in HUB_CONFIGS below.
 
 What a run holds (rmu keeps no second model: the frozen values are copies of the updated
 tensors only, and nothing after layer ℓ runs):
@@ -27,8 +34,36 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from rmu.run.memory import GIB, WIDTH, estimate, per_token_layer  # noqa: E402 - the product's estimate, checked here
+GIB = 2 ** 30
+WIDTH = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def per_token_layer(config) -> int:
+    """Activation values one token keeps per span layer for the backward."""
+    d = config.hidden_size
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    kv = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
+    inter = getattr(config, "moe_intermediate_size", None) or getattr(config, "intermediate_size", None) or 4 * d
+    experts = getattr(config, "num_experts_per_tok", 1) if hasattr(config, "num_experts_per_tok") else 1
+    shared = getattr(config, "shared_expert_intermediate_size", 0) or 0
+    return 4 * d + heads * head_dim + 2 * kv + 3 * (inter * experts + shared)
+
+
+def estimate(config, n_params: int, n_updated: int, *, dtype: str, span_layers: int, batch: int,
+             forget_length: int, retain_length: int, master_weights: bool = True) -> dict:
+    """Bytes by part; `total` is their sum."""
+    w = WIDTH[dtype]
+    masters = master_weights and w == 2
+    parts = {
+        "weights": n_params * w,
+        "frozen copies": n_updated * w,
+        "gradients": n_updated * (w + (4 if masters else 0)),
+        "optimizer": n_updated * (12 if masters else 2 * w),
+        "activations": per_token_layer(config) * span_layers * batch * (forget_length + retain_length) * w,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
 
 
 def measured_activations(cfg_overrides: list[str]) -> tuple[int, int]:
@@ -41,9 +76,8 @@ def measured_activations(cfg_overrides: list[str]) -> tuple[int, int]:
     from rmu.data import batch_texts, tokenize
     from rmu.config.plan import plan_train
     from rmu.unlearn.recipe import setup
-    from tests.conftest import make_cfg
 
-    cfg = make_cfg(cfg_overrides)
+    cfg = compose_train(cfg_overrides)
     plan = plan_train(cfg)
     run = setup(cfg)
     bs = cfg.trainer.batch_size
@@ -68,45 +102,82 @@ def measured_activations(cfg_overrides: list[str]) -> tuple[int, int]:
     return measured, est
 
 
-RECIPES = {  # experiment: (architecture, dtype, batch, forget length, retain length, master weights)
-    "zephyr_rmu": ("mistral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                   num_attention_heads=32, num_key_value_heads=8, vocab_size=32000), 4, 768, 512),
-    "mixtral_rmu": ("mixtral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                    num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
-                                    num_local_experts=8, num_experts_per_tok=2), 2, 768, 512),
-    "llama3_8b_rmu": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                    num_attention_heads=32, num_key_value_heads=8, vocab_size=128256), 4, 768, 512),
-    "mistral_7b_rmu": ("mistral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                       num_attention_heads=32, num_key_value_heads=8, vocab_size=32768), 4, 768, 512),
-    "qwen25_7b_rmu": ("qwen2", dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                                    num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
-                                    tie_word_embeddings=False), 4, 768, 512),
-    "gemma2_9b_rmu": ("gemma2", dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
-                                     num_attention_heads=16, num_key_value_heads=8, head_dim=256,
-                                     vocab_size=256000), 4, 768, 512),
+RECIPES = ["zephyr_rmu", "mixtral_rmu", "llama3_8b_rmu", "mistral_7b_rmu", "qwen25_7b_rmu", "gemma2_9b_rmu"]  # conf/experiment
+
+# The architecture fields of each recipe model's config.json on the Hub (conf/model/*.yaml
+# `hub_id`), for where that file cannot be read (no network, or no login for a gated
+# repository): what the estimate and a model on the meta device need, copied from those files.
+HUB_CONFIGS = {
+    "HuggingFaceH4/zephyr-7b-beta": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336,
+                                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                                         vocab_size=32000),
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": dict(model_type="mixtral", hidden_size=4096, intermediate_size=14336,
+                                                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                                                 vocab_size=32000, num_local_experts=8, num_experts_per_tok=2),
+    "meta-llama/Meta-Llama-3-8B-Instruct": dict(model_type="llama", hidden_size=4096, intermediate_size=14336,
+                                                num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                                                vocab_size=128256),
+    "mistralai/Mistral-7B-Instruct-v0.3": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336,
+                                               num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                                               vocab_size=32768),
+    "Qwen/Qwen2.5-7B-Instruct": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944,
+                                     num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                                     vocab_size=152064, tie_word_embeddings=False),
+    "google/gemma-2-9b-it": dict(model_type="gemma2", hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
+                                 num_attention_heads=16, num_key_value_heads=8, head_dim=256, vocab_size=256000),
 }
+
+
+def compose_train(overrides: list[str]):
+    """The train config as `python -m rmu.train <overrides>` composes it from conf/."""
+    sys.path.insert(0, str(ROOT))
+    from hydra import compose, initialize_config_dir
+
+    from rmu.config.schema import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def model_config(mcfg):
+    """The model's config (no weights): read as training reads it, else from HUB_CONFIGS."""
+    from transformers import AutoConfig
+
+    from rmu.models.loading import read_config
+
+    try:
+        return read_config(mcfg)
+    except (OSError, ValueError):
+        fields = HUB_CONFIGS.get(mcfg.hub_id or mcfg.path)
+        if fields is None:
+            raise
+        return AutoConfig.for_model(**fields)
+
+
+def recipe_estimate(recipe: str, *overrides: str) -> tuple[int, dict]:
+    """(the recipe model's parameters, the estimate's parts in bytes) for `experiment=<recipe>
+    <overrides>`, with the recipe's own batch size, lengths, layers, dtype and updated tensors."""
+    from rmu.config.plan import update_names
+
+    cfg = compose_train([f"experiment={recipe}", *overrides])
+    config = model_config(cfg.model)
+    layer_id, layers = int(cfg.rmu.layer_id), [int(i) for i in cfg.rmu.update_layers]
+    names, sizes, *_ = update_names(cfg, config, layer_id, layers)
+    e = estimate(config, sum(sizes.values()), sum(sizes[n] for n in names), dtype=cfg.model.dtype,
+                 span_layers=layer_id - min(layers) + 1, batch=int(cfg.trainer.batch_size),
+                 forget_length=max(int(d.max_length) for d in cfg.data.forget),
+                 retain_length=max(int(d.max_length) for d in cfg.data.retain),
+                 master_weights=bool(cfg.optim.master_weights))
+    return sum(sizes.values()), e
 
 
 def recipe_table() -> str:
     """One row per GPU recipe: its parts in GiB, from the architecture on the meta device."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    sys.path.insert(0, str(ROOT))
-    from rmu.models.architectures import MLP_OUTPUT
-
     lines = ["| recipe | parameters | weights | updated tensors + AdamW | activations | total |", "|---|---|---|---|---|---|"]
-    for name, (kind, fields, batch, f_len, r_len) in RECIPES.items():
-        config = AutoConfig.for_model(kind, **fields)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-        sizes = {n: p.numel() for n, p in model.named_parameters()}
-        prefix = "model.layers"
-        updated = sum(sizes[f"{prefix}.{i}.{p}"] for i in (5, 6, 7) for p in MLP_OUTPUT[kind].params)
-        e = estimate(config, sum(sizes.values()), updated, dtype="bfloat16", span_layers=3, batch=batch,
-                     forget_length=f_len, retain_length=r_len)
+    for name in RECIPES:
+        n_params, e = recipe_estimate(name)
         state = e["frozen copies"] + e["gradients"] + e["optimizer"]
-        lines.append(f"| {name} | {sum(sizes.values()) / 1e9:.2f} B | {e['weights'] / GIB:.1f} GiB | "
+        lines.append(f"| {name} | {n_params / 1e9:.2f} B | {e['weights'] / GIB:.1f} GiB | "
                      f"{state / GIB:.1f} GiB | {e['activations'] / GIB:.1f} GiB | {e['total'] / GIB:.1f} GiB |")
     return "\n".join(lines)
 
