@@ -46,11 +46,16 @@ def test_lora_run_meets_the_same_targets(tmp_path):
 
 
 @pytest.mark.e2e
-def test_the_recommended_robust_recipe_unlearns_at_matched_retain(tmp_path):
-    """experiment=robust_bundled at the seed it was tuned with (experiments/robust/tuning.md):
-    forget sets at most chance + 10 points and general at least 95 % of the base model's."""
+@pytest.mark.parametrize("seed", [0, 1], ids=["tuned-seed0", "untuned-seed1"])
+def test_the_recommended_robust_recipe_unlearns_at_matched_retain(tmp_path, seed):
+    """experiment=robust_bundled at the seed it was tuned with (seed 0, experiments/robust/tuning.md)
+    and at one it was not: forget sets at most chance + 10 points and general at least 95 % of
+    the base model's. Measured (CPU, float32): seed 0 chem 0.289, astro 0.213, general 0.770;
+    seed 1 chem 0.267, astro 0.164, general 0.770 of base 0.797. General sits one question of
+    74 above the floor (57 right; 56 would fail) at both seeds: the recipe was tuned to this edge."""
     out = tmp_path / "robust"
-    proc = run_cli("rmu.train", "experiment=robust_bundled", "seed=0", f"output_dir={out}", "trainer.progress=false")
+    proc = run_cli("rmu.train", "experiment=robust_bundled", f"seed={seed}", f"output_dir={out}",
+                   "trainer.progress=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ev = json.loads((out / "results.json").read_text())["eval"]
     for topic in ("chem", "astro"):

@@ -9,6 +9,7 @@ from functools import partial
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from rmu.config.checks import check_robust_processes
 from rmu.data import batch_texts, tokenize
@@ -265,10 +266,26 @@ def test_each_rank_draws_its_slice_of_the_global_batchs_targets(tiny_cfg):
 
 
 def test_the_variants_compose_with_lora_and_train(tiny_cfg):
-    cfg = tiny_cfg("adapter=lora", "robust.targets=token", "robust.lat_eps=0.1", "robust.meta_steps=1",
-                   "robust.normalize=true", "robust.mask=true", "trainer.max_steps=4")
+    """Every stage LoRA allows, together on an adapter run: the adapters move (LoRA's B starts
+    at zero), every metrics row is finite, and results.json names exactly these stages."""
+    cfg = tiny_cfg("adapter=lora", "adapter.merge=false", "robust.targets=token", "robust.lat_eps=0.1",
+                   "robust.meta_steps=1", "robust.normalize=true", "robust.mask=true", "trainer.max_steps=4")
     results = train(cfg)
     assert results.steps == 4
+    out = Path(cfg.output_dir)
+    adapters = load_file(out / "adapter_model.safetensors")
+    b = {k: t for k, t in adapters.items() if ".lora_B." in k}
+    assert {int(k.split("layers.")[1].split(".")[0]) for k in b} == set(results.update_layers)
+    assert all(t.abs().max() > 0 for t in b.values()), {k: t.abs().max().item() for k, t in b.items()}
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    for r in rows:
+        assert all(math.isfinite(r[k]) for k in ("loss", "forget_loss", "retain_loss")), r
+        assert 0 < r["mask_kept"] <= 1, r
+    recorded = json.loads((out / "results.json").read_text())["robust"]
+    assert recorded == {"targets": "token", "latent_adversary": {"eps": 0.1, "steps": 4},
+                        "meta_unlearning": {"steps": 1, "lr": 1e-4, "attack": "lm"}, "normalize": True,
+                        "mask": {"ema": 0.0}}
 
 
 def test_all_stages_together_train(tiny_cfg):
@@ -278,6 +295,8 @@ def test_all_stages_together_train(tiny_cfg):
     assert results.steps == 4
     rows = [json.loads(line) for line in open(Path(cfg.output_dir) / "metrics.jsonl")]
     assert all(0 < r["mask_kept"] <= 1 and math.isfinite(r["loss"]) for r in rows)
+    recorded = json.loads((Path(cfg.output_dir) / "results.json").read_text())["robust"]
+    assert set(recorded) == {"targets", "latent_adversary", "collapse", "meta_unlearning", "normalize", "mask"}
 
 
 @pytest.mark.slow
