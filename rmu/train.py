@@ -136,7 +136,7 @@ def failed_after_training(run: Run, folder: RunFolder, rows: list[dict], before:
     except OutputError as lost:
         raise OutputError(f"could not write {out} ({cause}), and {lost}") from None
     note = (f"the trained state is kept in {folder.resume.folder}: once the cause is fixed (free some space), run "
-            f"the same command again to evaluate and write it")
+            f"the same command again to evaluate and write it, or exactly: {folder.resume_command()}")
     if isinstance(e, OSError) or type(e).__name__ == "SafetensorError" or cause == "the disk is full":  # not rmu
         raise OutputError(f"could not write {out} ({cause}); {note}") from None
     if isinstance(e, RmuError):

@@ -18,6 +18,8 @@ with 143 there too, so that SLURM requeues it.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from rmu.run import leftovers, signals
@@ -25,6 +27,22 @@ from rmu.run.checkpoint import os_error_message
 from rmu.run.distributed import ranks_from_slurm
 from rmu.errors import Preempted, RmuError
 from rmu.run.sweep import in_sweep, job_output_dir
+
+
+_done = False  # whether run_command has finished (a signal after it has nothing to stop)
+
+
+def _before_or_after(signum, frame) -> None:
+    """A signal while Hydra composes the config, or after the command: nothing is held yet
+    (or any more), so exit at once with one line instead of a KeyboardInterrupt traceback."""
+    when = "after the command finished" if _done else "before the work began; nothing was written"
+    signals.note(f"rmu: stopped by {signals.name(signum)} {when}")
+    os._exit(128 + signum)
+
+
+if getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", "").startswith("rmu."):
+    for _s in signals.SIGNALS:  # `python -m rmu.<command>` only: never inside another program (a test)
+        signal.signal(_s, _before_or_after)
 
 
 def quiet_progress_bars() -> None:
@@ -48,7 +66,16 @@ def say(line: str, file=None) -> None:
 
 
 def run_command(fn, cfg):
-    signals.install()  # SIGINT, SIGHUP, SIGTERM: what there is to keep is kept (rmu/run/signals.py)
+    global _done
+    previous = signals.install()  # SIGINT, SIGHUP, SIGTERM: what there is to keep is kept (rmu/run/signals.py)
+    try:
+        return _run(fn, cfg)
+    finally:
+        _done = True
+        signals.restore(previous)
+
+
+def _run(fn, cfg):
     if getattr(cfg, "output_dir", None) is not None:  # export's null output_dir means <checkpoint>-hub: kept
         job_output_dir(cfg)  # in a -m sweep: <hydra.sweep.dir>/<job number> (rmu/run/sweep.py)
     ranks_from_slurm()  # a SLURM job of several tasks: one rank per task

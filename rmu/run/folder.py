@@ -72,11 +72,14 @@ class RunFolder:
                               f"in {resume.folder} than rank 0 (step {step}); put output_dir on a shared disk")
         return state
 
-    def stopped_message(self, when: str, by: str = "SIGTERM") -> str:
-        """What a preempted run says: where the state is and the exact command that resumes it."""
+    def resume_command(self) -> str:
+        """The exact command that continues this run, `output_dir` included."""
         args = [a for a in sys.argv[1:] if a.split("=", 1)[0].lstrip("+~") not in ("output_dir", "overwrite")]
         module = getattr(sys.modules.get("__main__"), "__spec__", None)
-        command = shlex.join(["python", "-m", module.name if module else "rmu.train", *args,
-                              f"output_dir={self.cfg.output_dir}"])
+        return shlex.join(["python", "-m", module.name if module else "rmu.train", *args,
+                           f"output_dir={self.cfg.output_dir}"])
+
+    def stopped_message(self, when: str, by: str = "SIGTERM") -> str:
+        """What a preempted run says: where the state is and the exact command that resumes it."""
         return (f"stopped by {by} {when}; the state is in {self.resume.folder}: run the same command again to "
-                f"resume, or exactly: {command}")
+                f"resume, or exactly: {self.resume_command()}")

@@ -156,15 +156,20 @@ def find_interrupted(cfg) -> str | None:
     """The output_dir of the newest interrupted run of this config beside cfg.output_dir
     that no live run holds, or None."""
     parent = Path(cfg.output_dir).expanduser().absolute().parent
-    if not parent.is_dir():
-        return None
     mine, found = fingerprint(cfg), []
-    for manifest in parent.glob(".*.resume/state.json"):
+    beside = sorted(parent.glob(".*.resume/state.json")) if parent.is_dir() else []
+    elsewhere = [m for root in elsewhere_roots() if root.is_dir() for m in sorted(root.glob("*.resume/state.json"))]
+    for manifest in beside + elsewhere:  # elsewhere: states a run whose disk was full kept there
         try:
             state = json.loads(manifest.read_text())
         except (OSError, ValueError):
             continue
-        output_dir = parent / manifest.parent.name[1:].removesuffix(".resume")
+        if manifest in beside:
+            output_dir = parent / manifest.parent.name[1:].removesuffix(".resume")
+        elif isinstance(state.get("output_dir"), str) and Path(state["output_dir"]).parent == parent:
+            output_dir = Path(state["output_dir"])
+        else:
+            continue
         if state.get("fingerprint") == mine and not output_dir.exists() and not held(output_dir):
             found.append((manifest.stat().st_mtime, str(output_dir)))
     return max(found)[1] if found else None
@@ -314,8 +319,7 @@ class Preemption:
         self.raise_at_once = False
         self._previous = None
         if not signals.installed():  # train() called without a command (tests, notebooks): for this run only
-            self._previous = {s: signal.getsignal(s) for s in signals.SIGNALS}
-            signals.install()
+            self._previous = signals.install()
         signals.keep(self._on_signal)
 
     def _on_signal(self, signum):
@@ -338,6 +342,5 @@ class Preemption:
 
     def restore(self):
         signals.keep(None)
-        if self._previous and signals.installed():
-            for s, handler in self._previous.items():
-                signal.signal(s, handler)
+        if self._previous:
+            signals.restore(self._previous)

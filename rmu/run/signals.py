@@ -55,16 +55,28 @@ class Stopped(BaseException):
         return f"{how}; {self.note or 'nothing was written'}"
 
 
-def install() -> None:
+def install() -> dict:
     """Handle SIGINT, SIGHUP and SIGTERM in this process from now on (the main thread only:
-    elsewhere Python cannot install handlers, and the defaults stay)."""
+    elsewhere Python cannot install handlers, and the defaults stay). Returns the handlers
+    it replaced, for `restore`."""
     global _received, _keeper, _defer
     _received, _keeper, _defer = None, None, 0
     _pending.clear()
     if threading.current_thread() is not threading.main_thread():
-        return
+        return {}
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
     for s in SIGNALS:
         signal.signal(s, _handle)
+    return previous
+
+
+def restore(previous: dict) -> None:
+    """The handlers `install` replaced (a command run inside another program, e.g. a test)."""
+    global _keeper
+    _keeper = None
+    for s, handler in previous.items():
+        if handler is not None:
+            signal.signal(s, handler)
 
 
 def installed() -> bool:

@@ -7,7 +7,10 @@ when `export.repo_id` is set. `check_writable` adds a margin (5 % and 16 MiB).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from rmu.models import loading as models
 
@@ -21,15 +24,21 @@ def _tokenizer_bytes(folder: Path) -> int:
     return sum((folder / f).stat().st_size for f in TOKENIZER_FILES if (folder / f).is_file())
 
 
+@lru_cache(maxsize=8)
+def _arch_tokenizer(path: str, revision: str | None, trust_remote_code: bool) -> tuple[int | None, int]:
+    try:
+        tok = models.load_tokenizer(OmegaConf.create({"path": path, "revision": revision,
+                                                      "trust_remote_code": trust_remote_code}))
+    except Exception:  # noqa: BLE001 - loading the model reports it in its own words
+        return None, UNKNOWN_TOKENIZER
+    folder = Path(tok.name_or_path)
+    return len(tok), _tokenizer_bytes(folder) if folder.is_dir() else UNKNOWN_TOKENIZER
+
+
 def _tokenizer(cfg) -> tuple[int | None, int]:
     """(the vocabulary a random `model.arch` model gets, or None; the tokenizer's bytes)."""
     if cfg.model.arch is not None:  # the model's embeddings are as large as the tokenizer's vocabulary
-        try:
-            tok = models.load_tokenizer(cfg.model)
-        except Exception:  # noqa: BLE001 - loading reports it in its own words
-            return None, UNKNOWN_TOKENIZER
-        folder = Path(tok.name_or_path)
-        return len(tok), _tokenizer_bytes(folder) if folder.is_dir() else UNKNOWN_TOKENIZER
+        return _arch_tokenizer(str(cfg.model.path), cfg.model.revision, bool(cfg.model.trust_remote_code))
     path = Path(str(cfg.model.path)).expanduser()
     if models.looks_local(str(cfg.model.path)) and path.is_dir():
         return None, _tokenizer_bytes(path)
