@@ -1,10 +1,13 @@
 """Checkpoints for preemption: stop, restart the same command, end with the same weights.
 
 With `trainer.save_every=N` the run saves its training state every N steps; on SIGTERM
-(what SLURM sends before preempting or at the time limit) it saves at the end of the
-current step and exits; a SIGTERM after the last step (during the final evaluation or
-the save) saves the trained state at once, so that only the evaluation is redone. The
-state goes to a hidden folder beside the output folder, `.<output_dir name>.resume/`:
+(what SLURM sends before preempting or at the time limit), SIGINT (Ctrl-C) or SIGHUP (a
+closed terminal) it saves at the end of the current step and exits (rmu/run/signals.py);
+a signal after the last step (during the final evaluation or the save), or a failure to
+write the output (a full disk), saves the trained state at once, so that only the
+evaluation is redone. The state goes to a hidden folder beside the output folder,
+`.<output_dir name>.resume/` (when that disk is full: `state_places`, under $RMU_CACHE
+or $TMPDIR, where the same command looks too):
 
 - `tensors-<step>.pt`: the updated tensors, the optimizer state (and float32 masters,
   loss scale), the robust stages' values and the RNG states: tensors, numbers and
