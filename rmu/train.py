@@ -135,9 +135,10 @@ def failed_after_training(run: Run, folder: RunFolder, rows: list[dict], before:
         folder.resume.save(run.plan.steps, run.updated, run.updater, rows, run.robust, before)
     except OutputError as lost:
         raise OutputError(f"could not write {out} ({cause}), and {lost}") from None
-    note = (f"the trained state is kept in {folder.resume.folder}: once the cause is fixed (free some space), run "
-            f"the same command again to evaluate and write it, or exactly: {folder.resume_command()}")
-    if isinstance(e, OSError) or type(e).__name__ == "SafetensorError" or cause == "the disk is full":  # not rmu
+    disk = isinstance(e, OSError) or type(e).__name__ == "SafetensorError" or cause == "the disk is full"
+    note = (f"the trained state is kept in {folder.resume.folder}: once {'there is room' if disk else 'that is fixed'}"
+            f", run the same command again to evaluate and write it, or exactly: {folder.resume_command()}")
+    if disk:  # the machine's, not rmu's
         raise OutputError(f"could not write {out} ({cause}); {note}") from None
     if isinstance(e, RmuError):
         e.args = (f"{e}; {note}",)

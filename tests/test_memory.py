@@ -67,3 +67,11 @@ def test_a_run_that_fits_passes_and_an_unknown_device_is_not_estimated(monkeypat
 def test_the_cpu_has_a_measurable_amount_of_memory():
     available = memory.cpu_available()
     assert available is None or available > 0
+
+
+def test_the_length_is_max_length_or_the_longest_text_when_every_text_is_shorter():
+    from rmu.data import Corpus
+
+    short = Corpus("a", ["déjà vu", "xy"], max_length=100_000)  # "déjà vu": 9 bytes
+    assert memory.longest([short]) == 11
+    assert memory.longest([Corpus("b", ["x" * 500], max_length=32), short]) == 32

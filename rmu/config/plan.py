@@ -20,7 +20,7 @@ from rmu.models import loading as models
 from rmu.models import architectures
 from rmu.models.weights import check_weights
 from rmu.run.checkpoint import check_output_dir, check_writable
-from rmu.run.memory import check_memory
+from rmu.run.memory import check_memory, longest
 from rmu.run.storage import describe, storage_parts
 from rmu.config.checks import check_attack_values, check_train_values, fail, plain
 from rmu.evaluation.results import RunResults
@@ -204,8 +204,7 @@ def plan_train(cfg: DictConfig) -> Plan:
                    what=f"the run ({describe(parts)}; weights in {cfg.model.dtype})")
     # The memory of the device it runs on (rmu/run/memory.py), before any weights load.
     check_memory(cfg, config, sum(sizes.values()), sum(sizes[n] for n in names),
-                 v["layer_id"] - min(v["update_layers"]) + 1, max(c.max_length for c in forget),
-                 max(c.max_length for c in retain))
+                 v["layer_id"] - min(v["update_layers"]) + 1, longest(forget), longest(retain))
     check_experts(cfg, config, names)
     not_linear = [n for n in names if not n.endswith(".weight") or "norm" in n.rsplit(".", 2)[-2]]
     if cfg.robust.collapse_components and not_linear:

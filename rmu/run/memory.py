@@ -14,8 +14,8 @@ tensors only, and nothing after layer ℓ runs):
   mixture of experts keeps 3·I per expert a token visits. Within 13 % of the bytes autograd
   really saves on the tiny and bundled models (experiments/gpu/memory.py --check).
 The runtime (a CUDA context, allocator slack, the evaluation's logits) comes on top:
-`RUNTIME` bytes. The lengths are the corpora's max_length (texts are padded to the longest
-in a batch, at most that): an upper bound.
+`RUNTIME` bytes. The lengths are the corpora's max_length, or the longest text's bytes
+where all texts are shorter (`longest`; a batch is padded to its longest text): an upper bound.
 """
 
 from __future__ import annotations
@@ -56,6 +56,12 @@ def estimate(config, n_params: int, n_updated: int, *, dtype: str, span_layers: 
     }
     parts["total"] = sum(parts.values())
     return parts
+
+
+def longest(corpora) -> int:
+    """The most tokens a batch of these corpora can hold: max_length, or less where every
+    text is shorter (a token is at least one byte of text, plus BOS and a prefix space)."""
+    return max(min(c.max_length, max((len(t.encode()) for t in c.texts), default=0) + 2) for c in corpora)
 
 
 def _cgroup_room() -> int | None:
