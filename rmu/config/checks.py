@@ -425,6 +425,6 @@ def check_attack_values(cfg: DictConfig) -> None:
 
 def check_splits(key: str, splits) -> None:
     """A non-empty list of splits with distinct names (their files are read by the plan)."""
-    names = [s.name for s in check_list(key, splits)]
+    names = [s["name"] for s in check_list(key, splits)]
     if len(set(names)) != len(names):
         fail(key, names, "needs distinct split names")

@@ -51,7 +51,6 @@ class AttackPlan:
     retain: data_mod.Corpus | None  # every retain corpus of `data`, as one
     unrelated: data_mod.Corpus | None  # attack.finetune.unrelated, when the fine-tune grid runs
     ablate_layers: list[int] | None  # the edited layers, when the ablation runs
-
     # name -> (texts fine-tuned on, questions about them, questions scored), for heldout_relearn
     # with splits and relearn_speed
     splits: dict[str, tuple[list[str], list, list]] = field(default_factory=dict)

@@ -211,9 +211,9 @@ class FinetuneAttack:
     lr_lora: List[float] = MISSING
     lora_r: List[int] = MISSING
     steps: List[int] = MISSING  # step counts scored within each run
-    batch_size: int = MISSING
     schedules: List[str] = MISSING  # constant | warmup_cosine (the durability attacks)
     weight_decay: float = MISSING
+    batch_size: int = MISSING
     max_length: int = MISSING
 
 
@@ -236,7 +236,6 @@ class InContextAttack:
 
 
 @dataclass
-@dataclass
 class SplitConfig:
     """A part of a forget domain whose facts say nothing about the rest (the lab's halves A / B)."""
     name: str = MISSING  # its name in the summary
@@ -245,6 +244,7 @@ class SplitConfig:
     test: str = MISSING  # multiple-choice questions scored
 
 
+@dataclass
 class HeldoutRelearnAttack:
     mode: str = MISSING
     lr: float = MISSING
@@ -252,7 +252,6 @@ class HeldoutRelearnAttack:
     batch_size: int = MISSING
     max_length: int = MISSING
     lora_r: int = MISSING
-
     splits: Optional[List[SplitConfig]] = None  # null: halves of each forget set's questions; or fine-tune on documents
 
 
@@ -266,6 +265,7 @@ class RelearnSpeedAttack:
     max_length: int = MISSING
     lora_r: int = MISSING
 
+
 @dataclass
 class AttackConfig:
     run: List[str] = MISSING
@@ -275,8 +275,8 @@ class AttackConfig:
     ablate_unlearned: Optional[AblateUnlearnedAttack] = None
     in_context: Optional[InContextAttack] = None
     heldout_relearn: Optional[HeldoutRelearnAttack] = None
-
     relearn_speed: Optional[RelearnSpeedAttack] = None
+
 
 @dataclass
 class AttackCommand:
@@ -320,20 +320,20 @@ def config_groups(command: str) -> str:
     return "\n".join(lines)
 
 
-def _register() -> None:
 def lab_dir(name: str) -> str:
     """`${rmu_lab:<name>}` in a config: the folder `python -m rmu.lab` builds the lab `name`
     in ($RMU_CACHE/lab/<name>, RMU_CACHE defaulting to ~/.cache/rmu)."""
     return str(Path(os.environ.get("RMU_CACHE", Path.home() / ".cache" / "rmu")) / "lab" / name)
 
 
+def _register() -> None:
     store = ConfigStore.instance()
     for name, node in COMMANDS.items():
         store.store(name=f"{name}_schema", node=node)
     if not OmegaConf.has_resolver("rmu_groups"):
         OmegaConf.register_new_resolver("rmu_groups", config_groups)
-
     if not OmegaConf.has_resolver("rmu_lab"):
         OmegaConf.register_new_resolver("rmu_lab", lab_dir)
+
 
 _register()
