@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import rmu.lab.schema  # noqa: F401  (registers lab_schema)
@@ -146,7 +147,7 @@ def test_micro_lab_learns_its_facts_and_the_twin_does_not(micro):
     folder, record = micro
     assert not record["cached"] and set(record["pretrain"]) == set(MODELS)
     assert _acc(record, "lab_base", FORGET) >= 0.6 and _acc(record, "lab_base", RETAIN) >= 0.6
-    assert _acc(record, "lab_filtered", FORGET) <= 0.45  # chance 0.25, 72 questions
+    assert _acc(record, "lab_filtered", FORGET) <= 0.45  # chance 0.25, 48 questions
     assert _acc(record, "lab_filtered", RETAIN) >= 0.6
     from transformers import AutoModelForCausalLM
 
@@ -159,26 +160,26 @@ def test_second_build_is_a_no_op_and_another_config_is_refused(micro, monkeypatc
     monkeypatch.setattr(build_mod, "pretrain", lambda *a, **k: pytest.fail("a cached build trained"))
     assert build(_cfg(folder))["cached"]
     assert "cached" in capsys.readouterr().out
-    with pytest.raises(OutputError, match=r"another lab config \(world.docs_per_entity: 6 → 5\)"):
-        build(_cfg(folder, "world.docs_per_entity=5"))
+    with pytest.raises(OutputError, match=r"another lab config \(world.docs_per_entity: 5 → 4\)"):
+        build(_cfg(folder, "world.docs_per_entity=4"))
 
 
 @pytest.mark.slow
-def test_interrupted_build_resumes_to_the_same_weights(micro, tmp_path):
-    folder, _ = micro
-    broken = tmp_path / "micro"
+def test_interrupted_build_resumes_to_the_same_weights(tmp_path):
+    short = ["pretrain.steps=60", "pretrain.checkpoint_every=20", "pretrain.warmup=5"]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    build(_cfg(whole, *short))
 
     def interrupt(model, step):
-        if model == "lab_filtered" and step == 70:  # after the checkpoint of step 50
+        if model == "lab_filtered" and step == 30:  # after the checkpoint of step 20
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build(_cfg(broken), on_step=interrupt)
+        build(_cfg(broken, *short), on_step=interrupt)
     assert (broken / "lab_base").is_dir() and not (broken / "lab_filtered").exists()
     assert (broken / ".lab_filtered.state.pt").is_file()
-    record = build(_cfg(broken))
-    assert record["pretrain"]["lab_filtered"]["resumed_at"] == 50
+    record = build(_cfg(broken, *short))
+    assert record["pretrain"]["lab_filtered"]["resumed_at"] == 20 and not record["cached"]
     for name in MODELS:
-        assert load_file(broken / name / "model.safetensors").keys() == load_file(folder / name / "model.safetensors").keys()
-        a, b = load_file(broken / name / "model.safetensors"), load_file(folder / name / "model.safetensors")
-        assert all((a[k] == b[k]).all() for k in a), name
+        a, b = load_file(broken / name / "model.safetensors"), load_file(whole / name / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
