@@ -68,6 +68,8 @@ def summary(rows: list[dict], results: RunResults) -> str:
              f"- {results.steps} steps in {results.seconds['train']:.1f} s"]
     for topic in results.topics:
         mine = [r for r in rows if r["topic"] == topic]
+        if not mine:  # never trained: the run had fewer steps than topics
+            continue
         lines.append(f"- {topic}: forget loss {mine[0]['forget_loss']:.4g} → {mine[-1]['forget_loss']:.4g}, "
                      f"retain loss at the end {mine[-1]['retain_loss']:.3g}, cosine of retain activations to the "
                      f"frozen model's {mine[-1]['retain_cos_frozen']:.4f}")
@@ -84,7 +86,8 @@ def write_report(folder: str | Path) -> tuple[Path, Path]:
         if not (folder / name).is_file():
             raise ConfigError(f"{folder} is not a run folder written by rmu.train (no {name})")
     rows, results = read_metrics(folder), RunResults.read(folder)
-    missing = [t for t in results.topics if not any(r["topic"] == t for r in rows)]
+    # Step i trains topic i % K: a run of fewer steps than topics has no row for the last ones.
+    missing = [t for t in results.topics[:results.steps] if not any(r["topic"] == t for r in rows)]
     if missing:
         raise ConfigError(f"{folder / 'metrics.jsonl'}: no row of topic {missing[0]!r}, which results.json names; "
                           "the two files are not of the same run")

@@ -39,3 +39,11 @@ def test_report_of_a_run_without_evaluation_and_of_a_non_run_folder(tiny_cfg, tm
     assert width > 800
     proc = run_cli("rmu.report", str(tmp_path))
     assert proc.returncode != 0 and "is not a run folder written by rmu.train (no metrics.jsonl)" in proc.stderr
+
+
+def test_a_run_shorter_than_its_topics_gets_a_report(tiny_cfg):
+    """One step trains only the first topic: the other has no metrics row, and that is no damage."""
+    cfg = tiny_cfg("trainer.max_steps=1")
+    train(cfg)
+    report = (Path(cfg.output_dir) / "report.md").read_text()
+    assert "- chem: forget loss" in report and "- astro: forget loss" not in report

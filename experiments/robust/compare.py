@@ -17,6 +17,9 @@ Then it writes `<out>/results.md` (recipe × attack: gap_recovered median and sp
 seeds, the resistance to the same attack on the base model, clean forget and general
 accuracy, training time per step relative to the first recipe) and `<out>/robust.png`
 (clean forget accuracy against worst gap_recovered, one point per recipe, bars over seeds).
+When the attacks ran with an oracle (the lab: `make lab-robust`, experiments/lab/), results.md
+adds excess recovery over the oracle per attack, the oracle as a row of its own, and
+`<out>/relearning.png` the relearning curves of the base model, the oracle and each recipe.
 Both are checked before any run starts and replaced only where `make robust` wrote them and
 nobody changed them since (the folder's .rmu-output.json records them; rmu/run/checkpoint.py,
 write_output_file): a hand-edited results.md is never overwritten.
@@ -36,7 +39,7 @@ from rmu.errors import RmuError  # noqa: E402  (common puts this checkout first 
 from rmu.evaluation.results import NUMBER, ANY, RunResults, list_of, map_of, optional, schema_problem  # noqa: E402
 from rmu.run.checkpoint import check_output_file, write_output_file  # noqa: E402
 
-COMMAND = "make robust"
+COMMAND = "make robust"  # recorded in the output folder's marker; --command names another
 # What collect() reads of an attack's results.json (rmu/attack/cli.py writes it).
 ATTACK_RESULTS = {"attacks": map_of(ANY), "seconds": {"total": NUMBER},
                   "summary": list_of({"attack": str, "set": str, "role": str, "gap_recovered": optional(NUMBER),
@@ -105,8 +108,34 @@ def collect(cfg: dict, work: Path) -> dict:
                           "step_s": run.seconds["train"] / run.steps,
                           "gap": {a: forget_mean(attack["summary"], a, "gap_recovered") for a in attack["attacks"]},
                           "resistance": {a: forget_mean(attack["summary"], a, "resistance") for a in attack["attacks"]},
+                          "excess": {a: forget_mean(attack["summary"], a, "excess_recovery") for a in attack["attacks"]},
+                          "oracle_forget": oracle_forget(attack),
+                          "curves": curves(attack),
                           "seconds": run.seconds["total"] + attack["seconds"]["total"]})
         out[recipe] = seeds
+    return out
+
+
+def oracle_forget(attack: dict) -> float | None:
+    """The oracle's clean accuracy on the forget sets (None without an oracle)."""
+    rows = {r["set"]: r["oracle"] for r in attack["summary"] if r["role"] == "forget" and r.get("oracle") is not None}
+    return sum(rows.values()) / len(rows) if rows else None
+
+
+def curves(attack: dict) -> dict:
+    """relearn_speed's curves, mean over its splits: {model: {steps: accuracy}} for the
+    unlearned model, the base model and the oracle."""
+    speed = attack["attacks"].get("relearn_speed") or {}
+    out = {}
+    for who in ("unlearned", "base", "oracle"):
+        points = {}
+        for split, result in speed.items():
+            if result.get(who) is None:
+                continue
+            for k, scores in result[who]["curve"].items():
+                points.setdefault(int(k), []).append(scores[split]["acc"])
+        if points:
+            out[who] = {k: sum(v) / len(v) for k, v in sorted(points.items())}
     return out
 
 
@@ -127,13 +156,13 @@ def median(values) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def results_md(cfg: dict, data: dict) -> str:
+def results_md(cfg: dict, data: dict, command: str = COMMAND) -> str:
     recipes = list(data)
     attacks = list(data[recipes[0]][0]["gap"])
     ref_step = statistics.median(s["step_s"] for s in data[recipes[0]])
     minutes = sum(s["seconds"] for seeds in data.values() for s in seeds) / 60
     lines = [f"# Recipes under attack ({len(cfg['seeds'])} seeds each)", "",
-             "Written by `make robust` (experiments/robust/compare.py) from "
+             f"Written by `{command}` (experiments/robust/compare.py) from "
              f"its config; training and attacking took {minutes:.0f} min in all (the sum of the runs' own "
              "times, base-model controls computed once and shared).", "",
              "gap_recovered: mean over the forget sets of (attacked − unlearned) / (base − unlearned); "
@@ -155,10 +184,59 @@ def results_md(cfg: dict, data: dict) -> str:
     for recipe in recipes:
         lines.append(f"| {recipe} | " + " | ".join(spread([s["resistance"][a] for s in data[recipe]])
                                                    for a in attacks) + " |")
+    if any(v is not None for seeds in data.values() for s in seeds for v in s["excess"].values()):
+        lines += excess_md(data, attacks)
     lines += ["", "Recipes (overrides of `python -m rmu.train`):", ""]
     lines += [f"- `{r}`: `{' '.join(o) or '(defaults)'}`" for r, o in cfg["recipes"].items()]
     lines += ["", f"Attacks: `python -m rmu.attack {' '.join(cfg['attack'])}`", "", "![recipes](robust.png)", ""]
+    if any(s["curves"] for seeds in data.values() for s in seeds):
+        lines += ["![relearning curves](relearning.png)", ""]
     return "\n".join(lines)
+
+
+def excess_md(data: dict, attacks: list[str]) -> list[str]:
+    """The table against the oracle: excess recovery per attack (forget sets; per set the
+    attacker's best row, e.g. the worst step count of relearn_speed), and the oracle's row."""
+    oracle = median(s["oracle_forget"] for seeds in data.values() for s in seeds)
+    lines = ["", "Excess recovery over the oracle (the data-filtered twin): mean over the forget sets of "
+                 "(attacked − oracle attacked) / (base − oracle), the same attack on both; median over seeds "
+                 "[min, max]. 0 = no more than a model that never saw the forget data, 1 = all of what the base "
+                 "knew beyond it.", "",
+             "| recipe | " + " | ".join(attacks) + " | worst |", "|---" * (2 + len(attacks)) + "|"]
+    for recipe, seeds in data.items():
+        worst_excess = [max((v for v in s["excess"].values() if v is not None), default=None) for s in seeds]
+        lines.append(f"| {recipe} | " + " | ".join(spread([s["excess"][a] for s in seeds]) for a in attacks)
+                     + f" | {spread(worst_excess)} |")
+    lines.append(f"| oracle (clean forget acc {fmt(oracle)}) | " + " | ".join("+0.00 (by definition)" for _ in attacks)
+                 + " | +0.00 |")
+    return lines
+
+
+def plot_curves(data: dict, path: Path) -> None:
+    """relearning.png: relearn_speed's forget accuracy against fine-tuning steps, median over
+    seeds, for each recipe, the base model and the oracle."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    first = next(s["curves"] for seeds in data.values() for s in seeds if s["curves"])
+    for who, style, name in (("base", "k--", "base model"), ("oracle", "k:", "oracle (data-filtered)")):
+        if who in first:
+            ax.plot(list(first[who]), list(first[who].values()), style, label=name)
+    for recipe, seeds in data.items():
+        runs = [s["curves"]["unlearned"] for s in seeds if s["curves"].get("unlearned")]
+        if runs:
+            steps = sorted(runs[0])
+            ax.plot(steps, [statistics.median(r[k] for r in runs) for k in steps], "o-", ms=3, label=recipe)
+    ax.set(xscale="log", xlabel="fine-tuning steps on the forget split's documents",
+           ylabel="accuracy on the split's questions", title="Relearning speed (median over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
 
 
 def plot(data: dict, path: Path) -> None:
@@ -191,17 +269,20 @@ def main(argv=None) -> None:
     p.add_argument("--config", type=Path, default=HERE / "recipes.yaml")
     p.add_argument("--out", type=Path, default=HERE, help="where results.md and robust.png go")
     p.add_argument("--launcher", default=None, help="a hydra/launcher option, e.g. slurm (default: one after another)")
+    p.add_argument("--command", default=COMMAND, help="the command named in the output folder's marker")
     args = p.parse_args(argv)
     cfg = read_config(args.config)
     work = Path(cfg.get("work_dir") or args.out / "runs").absolute()
     started = time.perf_counter()
     try:
-        for name in ("results.md", "robust.png"):  # before hours of training, not after
-            check_output_file(args.out / name, COMMAND)
+        for name in ("results.md", "robust.png", "relearning.png"):  # before hours of training, not after
+            check_output_file(args.out / name, args.command)
         run_all(cfg, work, args.launcher)
         data = collect(cfg, work)
-        write_output_file(args.out / "results.md", results_md(cfg, data), COMMAND)
-        write_output_file(args.out / "robust.png", lambda tmp: plot(data, tmp), COMMAND)
+        write_output_file(args.out / "results.md", results_md(cfg, data, args.command), args.command)
+        write_output_file(args.out / "robust.png", lambda tmp: plot(data, tmp), args.command)
+        if any(s["curves"] for seeds in data.values() for s in seeds):
+            write_output_file(args.out / "relearning.png", lambda tmp: plot_curves(data, tmp), args.command)
     except RmuError as e:
         sys.exit(f"error: {e}")
     print(f"robust: wrote {args.out / 'results.md'} and {args.out / 'robust.png'} "
