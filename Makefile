@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast bench robust lab clean
+.PHONY: help install demo test test-fast bench robust lab lab-robust clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,6 +39,9 @@ robust: install  ## train the recipes of experiments/robust/recipes.yaml over se
 
 lab: install  ## build the lab: an invented world + two tiny Llamas pretrained on it, with and without its forget domains (~10 min)
 	$(PY) -m rmu.lab
+
+lab-robust: lab  ## the make robust recipes on lab_base over seeds, every lab attack scored against lab_filtered: experiments/lab/results.md
+	$(PY) experiments/robust/compare.py --config experiments/lab/recipes.yaml --out experiments/lab --command "make lab-robust"
 
 clean:  ## remove .venv and outputs
 	rm -rf $(VENV) outputs

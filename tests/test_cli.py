@@ -95,7 +95,7 @@ def test_attack_data_is_checked_before_any_model_loads(tmp_path):
     ("rmu.train", ["rmu: default", "adapter: lora, none", "debug: tiny", "hydra/launcher: slurm"], ["attack:"]),
     ("rmu.attack", ["attack: ablate, ablate_unlearned, all, finetune, heldout_relearn, in_context, lab, probe, relearn_speed", "model: "],
      ["rmu: ", "adapter:"]),
-    ("rmu.eval", ["model: ", "harness: default", "eval: bundled, none, wmdp"], ["attack:", "rmu: ", "hydra/launcher"]),
+    ("rmu.eval", ["model: ", "harness: default", "eval: bundled, lab, none, wmdp"], ["attack:", "rmu: ", "hydra/launcher"]),
 ])
 def test_help_lists_only_the_groups_the_command_accepts(command, listed, absent):
     proc = run_cli(command, "--help")

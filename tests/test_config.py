@@ -115,11 +115,25 @@ def test_a_hydra_level_mistake_on_the_real_command_line(tmp_path):
 def test_every_attack_option_composes_and_validates(option, tmp_path):
     from rmu.config.checks import check_attack_values as check_attack
 
+    # relearn_speed needs a world with splits (attack=lab has the lab's); alone it is given one here.
+    split = "attack.relearn_speed.splits=[{name: s, train: x.jsonl, trained: q.jsonl, test: q.jsonl}]"
     cfg = make_cfg([f"attack={option}", "model=tiny_random", "model@base=tiny_random",
-                    f"output_dir={tmp_path / 'o'}"], config_name="attack")
+                    f"output_dir={tmp_path / 'o'}", *([split] if option == "relearn_speed" else [])],
+                   config_name="attack")
     check_attack(cfg)
     every = ["probe", "finetune", "ablate", "ablate_unlearned", "in_context", "heldout_relearn"]
-    assert list(cfg.attack.run) == (every if option == "all" else [option])
+    expected = {"all": every, "lab": every + ["relearn_speed"]}.get(option, [option])
+    assert list(cfg.attack.run) == expected
+    if option == "lab":  # scored against the data-filtered twin, on the lab's world
+        assert cfg.oracle.name == "lab-filtered" and cfg.data.forget[0].name == "alchemy"
+
+
+def test_relearn_speed_without_splits_is_refused(tmp_path):
+    from rmu.config.checks import check_attack_values as check_attack
+
+    with pytest.raises(ConfigError, match=r"attack.relearn_speed.splits=\[\]: must be a non-empty list"):
+        check_attack(make_cfg(["attack=relearn_speed", "model=tiny_random", "model@base=tiny_random",
+                               f"output_dir={tmp_path / 'o'}"], config_name="attack"))
 
 
 def test_eval_config_composes():
