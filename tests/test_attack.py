@@ -210,7 +210,7 @@ def test_control_cache_hits_only_for_the_same_settings(tmp_path):
 
     cfg = make_cfg(["model@base=tiny_random", f"control_cache={tmp_path}"], config_name="attack")
     sets = [("chem", "forget", load_mcq("bundled:mcq_chem.jsonl")[:3])]
-    cache, calls = ControlCache(cfg), []
+    cache, calls = ControlCache(cfg, cfg.base), []
 
     def compute(value):
         return lambda: calls.append(value) or {"acc": value}
@@ -221,7 +221,8 @@ def test_control_cache_hits_only_for_the_same_settings(tmp_path):
     fewer = [(n, r, items[:2]) for n, r, items in sets]  # other questions: another key
     assert cache.get("finetune", {"worst": worst}, fewer, compute(4)) == {"acc": 4}
     assert calls == [1, 3, 4] and (cache.hits, cache.misses) == (1, 3)
-    other_base = ControlCache(make_cfg(["model@base=smollm2_135m", f"control_cache={tmp_path}"], config_name="attack"))
+    other = make_cfg(["model@base=smollm2_135m", f"control_cache={tmp_path}"], config_name="attack")
+    other_base = ControlCache(other, other.base)
     assert other_base.get("finetune", {"worst": worst}, sets, compute(5)) == {"acc": 5}
 
 
