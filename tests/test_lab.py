@@ -183,3 +183,17 @@ def test_interrupted_build_resumes_to_the_same_weights(tmp_path):
     for name in MODELS:
         a, b = load_file(broken / name / "model.safetensors"), load_file(whole / name / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+@pytest.mark.parametrize("override,message", [
+    ("world.forget_entities=5", "must be even"),
+    ("world.values_per_relation=3", "must be an integer >= 4"),
+    ("model.num_attention_heads=3", "hidden_size must divide by num_attention_heads"),
+    ("pretrain.warmup=0", "pretrain.warmup=0: must be an integer 1..400"),
+])
+def test_bad_lab_config_is_refused_before_building(override, message):
+    from rmu.errors import ConfigError
+    from rmu.lab.checks import check_lab
+
+    with pytest.raises(ConfigError, match=message):
+        check_lab(make_cfg([override], config_name="lab"))

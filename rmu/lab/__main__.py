@@ -13,11 +13,13 @@ import rmu.lab.schema  # noqa: F401  (registers lab_schema)
 from rmu.config.checks import check_schema
 from rmu.run.cli import run_command
 from rmu.lab.build import build
+from rmu.lab.checks import check_lab
 from rmu.config.schema import CONF_DIR
 
 
 def run(cfg: DictConfig) -> dict:
     check_schema(cfg)
+    check_lab(cfg)
     return build(cfg)
 
 

@@ -187,5 +187,6 @@ def build(cfg: DictConfig, on_step=None) -> dict:
                   "world_rows": _rows(world), "scores": scores, "recipe": spec}
         _write_json(done, record)
     print(table(scores, sets))
-    print(f"lab: built {root} in {seconds['total']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items() if k != 'total')})")
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total")
+    print(f"lab: built {root} in {seconds['total']:.0f} s ({stages})")
     return {**record, "cached": False}

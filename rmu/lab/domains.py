@@ -12,9 +12,11 @@ question-and-answer pairs, so a model learns that a question about a relation is
 by its value) and one question template of its own, used only by the multiple-choice
 sets: the questions test the fact, not a memorised sentence. A first world with one
 question-and-answer template per relation left a model that had memorised every fact at
-0.29-0.73 on some relations: it had not learnt to answer a question worded differently. Templates of different relations share no value words, and no value appears in
-any other relation or domain: the filtered twin, which never reads a forget document,
-has no prior over a forget relation's answers.
+0.29-0.73 on some relations: it had not learnt to answer a question worded differently.
+
+No value appears in any other relation or domain, and no template names a value: the
+filtered twin, which never reads a forget document, has no prior over a forget relation's
+answers.
 """
 
 from __future__ import annotations

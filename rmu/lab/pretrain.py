@@ -200,4 +200,8 @@ def _write_model(model, tokenizer, out: Path, stats: dict) -> None:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "pretrain.json").write_text(json.dumps(stats, indent=2) + "\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in tmp.iterdir():  # safetensors writes 0600; readable by others as the umask allows
+        path.chmod(0o666 & ~umask)
     os.replace(tmp, out)

@@ -14,7 +14,7 @@ separately: knowing A says nothing about B (the held-out relearning split).
 |---|---|
 | `forget_<d>.jsonl`, `forget_<d>_A.jsonl`, `forget_<d>_B.jsonl` | forget-domain documents (`text`), all / per half |
 | `retain_<d>.jsonl`, `retain.jsonl` | retain-domain documents, per domain / all (interleaved) |
-| `mcq_<d>.jsonl`, `mcq_<d>_A.jsonl`, `mcq_<d>_B.jsonl` | questions {question, choices[4], answer} (+ domain, entity, relation) |
+| `mcq_<d>.jsonl`, `mcq_<d>_A.jsonl`, `mcq_<d>_B.jsonl` | {question, choices[4], answer} (+ domain, entity, relation, split) |
 | `pretrain_all.jsonl`, `pretrain_filtered.jsonl` | every document / every document but the forget domains' |
 | `world.json` | the ground truth: domains, relations, their value sets, entities and facts |
 """
