@@ -226,24 +226,6 @@ def test_control_cache_hits_only_for_the_same_settings(tmp_path):
     assert other_base.get("finetune", {"worst": worst}, sets, compute(5)) == {"acc": 5}
 
 
-def test_comparison_takes_the_attackers_best_probe_row_per_set():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compare", ROOT / "experiments" / "robust" / "compare.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
-    rows = [{"attack": "probe", "set": "chem", "role": "forget", "gap_recovered": 0.1},
-            {"attack": "probe", "set": "chem", "role": "forget", "gap_recovered": 0.5},  # another pooling
-            {"attack": "probe", "set": "astro", "role": "forget", "gap_recovered": 0.3},
-            {"attack": "probe", "set": "general", "role": "retain", "gap_recovered": None},
-            {"attack": "ablate", "set": "chem", "role": "forget", "gap_recovered": None}]
-    assert compare.forget_mean(rows, "probe", "gap_recovered") == pytest.approx((0.5 + 0.3) / 2)
-    assert compare.forget_mean(rows, "ablate", "gap_recovered") is None
-    assert compare.worst({"gap": {"probe": 0.4, "ablate": None}}) == 0.4
-    assert compare.worst({"gap": {"ablate": None}}) is None
-    assert compare.spread([0.2, None, -0.1, 0.5]) == "+0.20 [-0.10, +0.50]"
-
-
 def test_excess_recovery_formula_by_hand():
     from rmu.attack.cli import excess_recovery
 

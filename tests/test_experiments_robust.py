@@ -130,3 +130,47 @@ def test_the_shared_config_reader_and_resume_check(tmp_path):
     for other in ({**settings, "settings": [["y"], ["x"]]}, {**settings, "seed": 1, "settings": [["x"], ["y"]]}):
         with pytest.raises(SystemExit, match="tune: .* holds runs of other settings"):
             common.same_settings(folder, other, "tune", growing="settings")
+
+
+def load_compare(monkeypatch):
+    """experiments/robust/compare.py as a module (it imports its neighbour common.py)."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "robust"))
+    spec = importlib.util.spec_from_file_location("compare", COMPARE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_comparison_takes_the_attackers_best_probe_row_per_set(monkeypatch):
+    compare = load_compare(monkeypatch)
+    rows = [{"attack": "probe", "set": "chem", "role": "forget", "gap_recovered": 0.1},
+            {"attack": "probe", "set": "chem", "role": "forget", "gap_recovered": 0.5},  # another pooling
+            {"attack": "probe", "set": "astro", "role": "forget", "gap_recovered": 0.3},
+            {"attack": "probe", "set": "general", "role": "retain", "gap_recovered": None},
+            {"attack": "ablate", "set": "chem", "role": "forget", "gap_recovered": None}]
+    assert compare.forget_mean(rows, "probe", "gap_recovered") == pytest.approx((0.5 + 0.3) / 2)
+    assert compare.forget_mean(rows, "ablate", "gap_recovered") is None
+
+
+def test_the_oracle_table_and_the_relearning_curves(monkeypatch, tmp_path):
+    """With an oracle: excess recovery per attack (relearn_speed's worst step count per set),
+    the oracle's own row, and the curves averaged over splits."""
+    compare = load_compare(monkeypatch)
+    split = lambda acc: {"curve": {"5": {"a_B": {"acc": acc[0]}}, "50": {"a_B": {"acc": acc[1]}}}}  # noqa: E731
+    attack = {"attacks": {"relearn_speed": {"a_B": {"unlearned": split((0.9, 1.0)), "base": split((1.0, 1.0)),
+                                                    "oracle": split((0.25, 0.5))}}},
+              "summary": [{"attack": "relearn_speed", "set": "a_B", "role": "forget", "oracle": 0.25,
+                           "excess_recovery": e} for e in (0.87, 0.66)]}
+    assert compare.curves(attack) == {"unlearned": {5: 0.9, 50: 1.0}, "base": {5: 1.0, 50: 1.0},
+                                      "oracle": {5: 0.25, 50: 0.5}}
+    assert compare.forget_mean(attack["summary"], "relearn_speed", "excess_recovery") == pytest.approx(0.87)
+    seed = {"excess": {"relearn_speed": 0.87}, "oracle_forget": compare.oracle_forget(attack),
+            "curves": compare.curves(attack)}
+    table = "\n".join(compare.excess_md({"rmu": [seed]}, ["relearn_speed"]))
+    assert "| rmu | +0.87 [+0.87, +0.87] | +0.87 [+0.87, +0.87] |" in table
+    assert "| oracle (clean forget acc 0.250) |" in table
+    compare.plot_curves({"rmu": [seed]}, tmp_path / "relearning.png")
+    assert (tmp_path / "relearning.png").read_bytes()[:4] == b"\x89PNG"
+

@@ -356,7 +356,8 @@ def check_fsdp(cfg: DictConfig) -> None:
 
 
 def check_attack_values(cfg: DictConfig) -> None:
-    """Every key and value of an attack config."""
+    """Every key and value of an attack config: the models, data and sets, then the
+    settings of each attack `attack.run` names (ATTACK_CHECKS)."""
     check_schema(cfg)
     check_int("seed", cfg.seed, 0)
     if not cfg.output_dir:
@@ -371,56 +372,60 @@ def check_attack_values(cfg: DictConfig) -> None:
     for name in check_list("attack.run", a.run, ATTACKS):
         if a[name] is None:
             fail(f"attack.{name}", None, f"settings missing; select them with attack={name} or attack=all")
-    if "probe" in a.run:
-        p = a.probe
-        check_list("attack.probe.pooling", p.pooling, ("last_token", "option_mean"))
-        if not 0 < check_num("attack.probe.train_fraction", p.train_fraction) < 1:
-            fail("attack.probe.train_fraction", p.train_fraction, "must be in (0, 1)")
-        check_int("attack.probe.steps", p.steps, 1)
-        check_num("attack.probe.lr", p.lr, positive=True)
-        check_num("attack.probe.weight_decay", p.weight_decay)
-    if "finetune" in a.run:
-        f = a.finetune
-        check_list("attack.finetune.modes", f.modes, ("full", "lora"))
-        check_list("attack.finetune.data", f.data, ("forget", "retain", "unrelated"))
-        for key in ("lr_full", "lr_lora"):
-            check_list(f"attack.finetune.{key}", f[key], kind="num")
-        check_list("attack.finetune.lora_r", f.lora_r, kind="int")
-        check_list("attack.finetune.steps", f.steps, kind="int")
-        check_list("attack.finetune.schedules", f.schedules, ("constant", "warmup_cosine"))
-        check_num("attack.finetune.weight_decay", f.weight_decay)
-        for key in ("examples", "batch_size", "max_length"):
-            check_int(f"attack.finetune.{key}", f[key], 1)
-    if "ablate" in a.run:
-        if a.ablate.layers is not None:
-            check_list("attack.ablate.layers", a.ablate.layers)
-        check_int("attack.ablate.examples", a.ablate.examples, 1)
-        check_int("attack.ablate.max_length", a.ablate.max_length, 1)
-    if "ablate_unlearned" in a.run:
-        check_int("attack.ablate_unlearned.examples", a.ablate_unlearned.examples, 1)
-        check_int("attack.ablate_unlearned.max_length", a.ablate_unlearned.max_length, 1)
-    if "in_context" in a.run:
-        for i, k in enumerate(check_list("attack.in_context.shots", a.in_context.shots)):
-            check_int(f"attack.in_context.shots[{i}]", k, 0)
-    if "heldout_relearn" in a.run:
-        h = a.heldout_relearn
-        if h.mode not in ("full", "lora"):
-            fail("attack.heldout_relearn.mode", h.mode, "allowed: full, lora")
-        check_num("attack.heldout_relearn.lr", h.lr, positive=True)
-        for key in ("steps", "batch_size", "max_length", "lora_r"):
-            check_int(f"attack.heldout_relearn.{key}", h[key], 1)
-        if h.splits is not None:
-            check_splits("attack.heldout_relearn.splits", h.splits)
-    if "relearn_speed" in a.run:
-        s = a.relearn_speed
-        if s.mode not in ("full", "lora"):
-            fail("attack.relearn_speed.mode", s.mode, "allowed: full, lora")
-        check_num("attack.relearn_speed.lr", s.lr, positive=True)
-        for i, k in enumerate(check_list("attack.relearn_speed.steps", s.steps, kind="int")):
-            check_int(f"attack.relearn_speed.steps[{i}]", k, 1)
-        for key in ("batch_size", "max_length", "lora_r"):
-            check_int(f"attack.relearn_speed.{key}", s[key], 1)
-        check_splits("attack.relearn_speed.splits", s.splits)
+        ATTACK_CHECKS[name](a[name], f"attack.{name}")
+
+
+def check_probe(p, key: str) -> None:
+    check_list(f"{key}.pooling", p.pooling, ("last_token", "option_mean"))
+    if not 0 < check_num(f"{key}.train_fraction", p.train_fraction) < 1:
+        fail(f"{key}.train_fraction", p.train_fraction, "must be in (0, 1)")
+    check_int(f"{key}.steps", p.steps, 1)
+    check_num(f"{key}.lr", p.lr, positive=True)
+    check_num(f"{key}.weight_decay", p.weight_decay)
+
+
+def check_finetune(f, key: str) -> None:
+    check_list(f"{key}.modes", f.modes, ("full", "lora"))
+    check_list(f"{key}.data", f.data, ("forget", "retain", "unrelated"))
+    for name in ("lr_full", "lr_lora"):
+        check_list(f"{key}.{name}", f[name], kind="num")
+    check_list(f"{key}.lora_r", f.lora_r, kind="int")
+    check_list(f"{key}.steps", f.steps, kind="int")
+    check_list(f"{key}.schedules", f.schedules, ("constant", "warmup_cosine"))
+    check_num(f"{key}.weight_decay", f.weight_decay)
+    for name in ("examples", "batch_size", "max_length"):
+        check_int(f"{key}.{name}", f[name], 1)
+
+
+def check_ablate(a, key: str) -> None:
+    if a.get("layers") is not None:
+        check_list(f"{key}.layers", a.layers)
+    check_int(f"{key}.examples", a.examples, 1)
+    check_int(f"{key}.max_length", a.max_length, 1)
+
+
+def check_in_context(c, key: str) -> None:
+    for i, k in enumerate(check_list(f"{key}.shots", c.shots)):
+        check_int(f"{key}.shots[{i}]", k, 0)
+
+
+def check_relearn(r, key: str) -> None:
+    """heldout_relearn and relearn_speed: a fine-tune's settings, and their splits."""
+    if r.mode not in ("full", "lora"):
+        fail(f"{key}.mode", r.mode, "allowed: full, lora")
+    check_num(f"{key}.lr", r.lr, positive=True)
+    steps = check_list(f"{key}.steps", r.steps, kind="int") if isinstance(plain(r.steps), list) else [r.steps]
+    for i, k in enumerate(steps):
+        check_int(f"{key}.steps" + (f"[{i}]" if len(steps) > 1 else ""), k, 1)
+    for name in ("batch_size", "max_length", "lora_r"):
+        check_int(f"{key}.{name}", r[name], 1)
+    if r.splits is not None or key.endswith("relearn_speed"):
+        check_splits(f"{key}.splits", r.splits)
+
+
+ATTACK_CHECKS = {"probe": check_probe, "finetune": check_finetune, "ablate": check_ablate,
+                 "ablate_unlearned": check_ablate, "in_context": check_in_context, "heldout_relearn": check_relearn,
+                 "relearn_speed": check_relearn}
 
 
 def check_splits(key: str, splits) -> None:
