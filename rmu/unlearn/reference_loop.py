@@ -108,6 +108,16 @@ class HandAdamW:
             p.grad = None
 
 
+def hooked_output(model, layer_id: int, inputs: dict) -> torch.Tensor:
+    """Decoder layer `layer_id`'s output on `inputs`, read by a forward hook as the reference does."""
+    out = []
+    handle = model.model.layers[layer_id].register_forward_hook(
+        lambda mod, args, o: out.append(o[0] if isinstance(o, tuple) else o))
+    model(**inputs)
+    handle.remove()
+    return out[0]
+
+
 def wmdp_reference_run(model_dir, work_dir, retain_file, *, seed=42, max_num_batches=80, batch_size=4, layer_id=7,
                        layer_ids=(5, 6, 7), param="mlp.down_proj.weight", coeffs=(20.0, 20.0),
                        alpha=(100.0, 100.0), lr=5e-5, min_len=0):
@@ -150,21 +160,14 @@ def wmdp_reference_run(model_dir, work_dir, retain_file, *, seed=42, max_num_bat
     steps = min(max_num_batches, min(len(f) for f in forget), min(len(r) for r in retain))
     tok.truncation_side = "right"
 
-    def hidden(m, inputs):
-        out = []
-        handle = m.model.layers[layer_id].register_forward_hook(lambda mod, a, o: out.append(o[0] if isinstance(o, tuple) else o))
-        m(**inputs)
-        handle.remove()
-        return out[0]
-
     for idx in range(steps):
         k, b = idx % len(forget), idx // len(forget)
         f_in = tok(forget[k][b], return_tensors="pt", padding=True, truncation=True, max_length=512 if k == 0 else 768)
-        unlearn = F.mse_loss(hidden(model, f_in), controls[k])
+        unlearn = F.mse_loss(hooked_output(model, layer_id, f_in), controls[k])
         r_in = tok(retain[k][b], return_tensors="pt", padding=True, truncation=True, max_length=512)
         with torch.no_grad():
-            frozen_h = hidden(frozen, r_in)
-        retain_loss = F.mse_loss(hidden(model, r_in), frozen_h) * alpha[k]
+            frozen_h = hooked_output(frozen, layer_id, r_in)
+        retain_loss = F.mse_loss(hooked_output(model, layer_id, r_in), frozen_h) * alpha[k]
         optimizer.zero_grad()
         (unlearn + retain_loss).backward()
         optimizer.step()
