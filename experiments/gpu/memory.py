@@ -1,5 +1,6 @@
 """How much accelerator memory an RMU run needs, by estimate, and the estimate checked
-against what a run on the CPU really holds.
+against what a run on the CPU really holds. The estimate is the product's
+(rmu/run/memory.py), which refuses a run that does not fit before any weights load.
 
     python experiments/gpu/memory.py             # the recipes' table (docs/gpu.md)
     HF_HUB_OFFLINE=1 python experiments/gpu/memory.py   # the same without trying the Hub
@@ -34,36 +35,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-GIB = 2 ** 30
-WIDTH = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-def per_token_layer(config) -> int:
-    """Activation values one token keeps per span layer for the backward."""
-    d = config.hidden_size
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or d // heads
-    kv = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
-    inter = getattr(config, "moe_intermediate_size", None) or getattr(config, "intermediate_size", None) or 4 * d
-    experts = getattr(config, "num_experts_per_tok", 1) if hasattr(config, "num_experts_per_tok") else 1
-    shared = getattr(config, "shared_expert_intermediate_size", 0) or 0
-    return 4 * d + heads * head_dim + 2 * kv + 3 * (inter * experts + shared)
-
-
-def estimate(config, n_params: int, n_updated: int, *, dtype: str, span_layers: int, batch: int,
-             forget_length: int, retain_length: int, master_weights: bool = True) -> dict:
-    """Bytes by part; `total` is their sum."""
-    w = WIDTH[dtype]
-    masters = master_weights and w == 2
-    parts = {
-        "weights": n_params * w,
-        "frozen copies": n_updated * w,
-        "gradients": n_updated * (w + (4 if masters else 0)),
-        "optimizer": n_updated * (12 if masters else 2 * w),
-        "activations": per_token_layer(config) * span_layers * batch * (forget_length + retain_length) * w,
-    }
-    parts["total"] = sum(parts.values())
-    return parts
+sys.path.insert(0, str(ROOT))
+from rmu.run.memory import GIB, WIDTH, estimate, per_token_layer  # noqa: E402 - the product's estimate, checked here
 
 
 def measured_activations(cfg_overrides: list[str]) -> tuple[int, int]:
