@@ -2,7 +2,7 @@
 # The first thing to run on a GPU machine: about 10 minutes on one GPU, no download.
 #
 #   bash experiments/gpu/smoke.sh                      # after `make install`
-#   DEVICE=cpu MODEL=tiny_random bash experiments/gpu/smoke.sh   # the same checks on the CPU (tests/test_gpu_smoke.py)
+#   DEVICE=cpu MODEL=tiny_random bash experiments/gpu/smoke.sh   # the same checks on the CPU (tests/test_experiments_gpu.py)
 #
 # 1. the bench (rmu step vs the reference loop) in bf16 on a random model of Zephyr-7B's
 #    shape (conf/model/zephyr_7b_random.yaml): speed, peak memory, loss agreement;
