@@ -236,6 +236,18 @@ def test_excess_recovery_formula_by_hand():
     assert excess_recovery(0.30, 0.28, 0.9, 0.3) is None  # base and oracle alike: no ratio
 
 
+def test_the_oracle_has_learnt_a_split_only_when_its_curve_flattens_well_above_its_start():
+    from rmu.attack.cli import oracle_plateau
+
+    def curves(points, clean=0.25, base=1.0):
+        return {"oracle": {"clean": {"s": {"acc": clean}}, "curve": {str(k): {"s": {"acc": a}} for k, a in points}},
+                "base": {"clean": {"s": {"acc": base}}}}
+    assert oracle_plateau(curves([(5, 0.5), (10, 0.9), (25, 0.91)]), "s") == (10, "the oracle learnt it by 10 steps")
+    at, phrase = oracle_plateau(curves([(5, 0.26), (10, 0.27), (25, 0.27)]), "s")  # flat at chance: learnt nothing
+    assert at is None and "has not learnt it in 25 steps" in phrase
+    assert oracle_plateau(curves([(5, 0.3), (10, 0.6)]), "s")[0] is None  # still rising
+
+
 def test_plateau_and_schedule():
     from rmu.attack.relearn import plateau_step, warmup_cosine
 
@@ -282,6 +294,6 @@ def test_split_attacks_are_scored_against_the_oracle(tmp_path):
         assert r["excess_recovery"] == (pytest.approx(expected) if expected is not None else None)
     speed = results["attacks"]["relearn_speed"]["chem_B"]
     assert set(speed["oracle"]["curve"]) == {"1", "2", "3"} and "oracle_plateau" in speed
-    assert "oracle" in rows[0]["detail"] and "steps" in rows[0]["detail"]
+    assert "the oracle" in rows[0]["detail"] and "steps" in rows[0]["detail"]
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| excess_recovery |" in summary and "oracle (data-filtered twin)" in summary

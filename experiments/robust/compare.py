@@ -161,7 +161,8 @@ def results_md(cfg: dict, data: dict, command: str = COMMAND) -> str:
     attacks = list(data[recipes[0]][0]["gap"])
     ref_step = statistics.median(s["step_s"] for s in data[recipes[0]])
     minutes = sum(s["seconds"] for seeds in data.values() for s in seeds) / 60
-    lines = [f"# Recipes under attack ({len(cfg['seeds'])} seeds each)", "",
+    n = len(cfg["seeds"])
+    lines = [f"# Recipes under attack ({n} seed{'s' if n != 1 else ''} each)", "",
              f"Written by `{command}` (experiments/robust/compare.py) from "
              f"its config; training and attacking took {minutes:.0f} min in all (the sum of the runs' own "
              "times, base-model controls computed once and shared).", "",

@@ -325,12 +325,18 @@ def split_curves(name: str, s, steps: list[int], t: Target, scored: list) -> dic
 
 
 def oracle_plateau(curves: dict, set_name: str) -> tuple[int | None, str]:
-    """(the oracle's plateau step on `set_name`, a phrase for the summary): how long the
-    attack had to run before it could tell removed knowledge from hidden knowledge."""
+    """(the step count from which the oracle has learnt `set_name`, a phrase for the summary):
+    how long the attack had to run before it could tell removed knowledge from hidden
+    knowledge. Learnt = its curve has flattened (plateau_step) at least halfway from its
+    clean accuracy to the base model's; a curve flat near its start has learnt nothing yet."""
     if curves["oracle"] is None:
         return None, "no oracle"
-    at = plateau_step({int(k): v[set_name]["acc"] for k, v in curves["oracle"]["curve"].items()})
-    return at, (f"oracle plateau at {at} steps" if at is not None else "oracle still learning: run longer")
+    curve = {int(k): v[set_name]["acc"] for k, v in curves["oracle"]["curve"].items()}
+    start, base = curves["oracle"]["clean"][set_name]["acc"], curves["base"]["clean"][set_name]["acc"]
+    at = plateau_step(curve)
+    if at is not None and curve[max(curve)] - start >= 0.5 * (base - start):
+        return at, f"the oracle learnt it by {at} steps"
+    return None, f"the oracle has not learnt it in {max(curve)} steps ({curve[max(curve)]:.2f}): run longer to tell"
 
 
 def run_heldout_splits(h, t: Target):
