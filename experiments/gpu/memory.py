@@ -13,19 +13,9 @@ its config.json, read as training reads it (rmu.models.loading.read_config: the 
 cache; the Llama and Gemma repositories are gated); where that file cannot be read, the copy of
 its architecture fields in HUB_CONFIGS below.
 
-What a run holds (rmu keeps no second model: the frozen values are copies of the updated
-tensors only, and nothing after layer ℓ runs):
-- weights: every parameter in the model dtype;
-- frozen copies and gradients of the updated tensors (gradients also in float32 with
-  master weights), AdamW's two moments and the float32 masters (optim.master_weights);
-  without masters the moments are in the model dtype;
-- activations kept for backward: the forget and the retain pass through the span
-  (first updated layer .. ℓ) are alive together until the backward. Per token and layer
-  a Llama-style block keeps about 4·D + q + 2·kv + 3·I values (the two norms' inputs and
-  outputs, q and k after rotary, v, the MLP's gate, up and the input to down_proj); a
-  mixture of experts keeps 3·I per expert a token visits. `--check` compares this with
-  the bytes autograd really saves (saved-tensor hooks) on the tiny and bundled models.
-The CUDA context and allocator slack (~1 GiB) come on top.
+What a run holds, part by part, is in rmu/run/memory.py's docstring; `--check` compares its
+activation estimate with the bytes autograd really saves (saved-tensor hooks) on the tiny and
+bundled models. The CUDA context and allocator slack (~1 GiB) come on top.
 """
 
 from __future__ import annotations
