@@ -1,5 +1,6 @@
 """Corpora (forget / retain text) and multiple-choice sets: where they come from and
-how they are batched.
+how they are batched, as padded batches of whole texts (RMU, the attacks) or as packed rows
+of tokens (`TokenStream`: the lab's pretraining, distillation).
 
 A corpus entry in the config names exactly one source:
   - `path`: a local `.jsonl` (one JSON object per line, text under `field`; `field: null`
@@ -15,6 +16,7 @@ of exactly `min_chars` too: the reference keeps `len(text) > min_len`).
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,3 +161,30 @@ def load_mcq(path: str) -> list[MCQItem]:
     if not items:
         raise DataError(f"{p}: no questions")
     return items
+
+
+class TokenStream:
+    """Rows of `seq_len` tokens for any step: epoch e is the documents in the order of
+    `random.Random(f"{seed}-{e}")`, each followed by `eos`, cut into whole rows."""
+
+    def __init__(self, docs: list[list[int]], eos: int, seq_len: int, batch_size: int, seed: int):
+        self.docs, self.eos, self.seq_len, self.batch_size, self.seed = docs, eos, seq_len, batch_size, seed
+        self.rows_per_epoch = sum(len(d) + 1 for d in docs) // seq_len
+        if self.rows_per_epoch == 0:
+            raise ValueError(f"the documents hold fewer than seq_len={seq_len} tokens")
+        self._epoch, self._rows = -1, None
+
+    def _epoch_rows(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:  # steps move forward, so one cached epoch is enough
+            order = list(range(len(self.docs)))
+            random.Random(f"{self.seed}-{epoch}").shuffle(order)
+            flat = [t for i in order for t in (*self.docs[i], self.eos)]
+            n = self.rows_per_epoch * self.seq_len
+            self._epoch, self._rows = epoch, torch.tensor(flat[:n]).view(self.rows_per_epoch, self.seq_len)
+        return self._rows
+
+    def batch(self, step: int) -> torch.Tensor:
+        rows = []
+        for r in range(step * self.batch_size, (step + 1) * self.batch_size):
+            rows.append(self._epoch_rows(r // self.rows_per_epoch)[r % self.rows_per_epoch])
+        return torch.stack(rows)

@@ -101,20 +101,21 @@ class Resumed:
     again: subprocess.CompletedProcess
 
 
-def sigterm_then_resume(tmp_path: Path, overrides: list[str]) -> Resumed:
-    """The preemption check: `python -m rmu.train <overrides>` runs straight through into
+def sigterm_then_resume(tmp_path: Path, overrides: list[str], module: str = "rmu.train", steps: int | None = None,
+                        metrics: str = "metrics.jsonl") -> Resumed:
+    """The preemption check: `python -m <module> <overrides>` runs straight through into
     <tmp_path>/straight; the same command into <tmp_path>/resumed gets SIGTERM as soon as it
     has saved its first resume state, stops with 143 and writes no output, and the same
     command again resumes at the saved step and ends with bit-identical weights (CPU), every
-    step's metrics row, and its resume state removed. `overrides` must set trainer.max_steps
-    and a trainer.save_every well below it."""
-    steps = int(next(o.split("=", 1)[1] for o in overrides if o.startswith("trainer.max_steps=")))
+    step's row in `metrics`, and its resume state removed. `overrides` must set a
+    trainer.save_every well below the run's `steps` (rmu.train: read from trainer.max_steps)."""
+    steps = steps or int(next(o.split("=", 1)[1] for o in overrides if o.startswith("trainer.max_steps=")))
     straight, out = tmp_path / "straight", tmp_path / "resumed"
     state = tmp_path / ".resumed.resume" / "state.json"
-    done = run_cli("rmu.train", *overrides, f"output_dir={straight}")
+    done = run_cli(module, *overrides, f"output_dir={straight}")
     assert done.returncode == 0, done.stderr[-3000:]
 
-    proc = subprocess.Popen([sys.executable, "-m", "rmu.train", *overrides, f"output_dir={out}"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", module, *overrides, f"output_dir={out}"], cwd=ROOT,
                             env={**os.environ, **OFFLINE}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not state.exists() and proc.poll() is None and time.time() < deadline:
@@ -127,11 +128,11 @@ def sigterm_then_resume(tmp_path: Path, overrides: list[str]) -> Resumed:
     stopped_at = json.loads(state.read_text())["step"]
     assert 0 < stopped_at < steps
 
-    again = run_cli("rmu.train", *overrides, f"output_dir={out}")
+    again = run_cli(module, *overrides, f"output_dir={out}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming at step {stopped_at}" in again.stdout
     assert_same_weights(straight, out, 0.0)  # bit-identical on CPU
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    rows = [json.loads(line) for line in open(out / metrics)]
     assert [r["step"] for r in rows] == list(range(steps))
     assert not state.parent.exists()  # the resume state is removed once the run is written
     return Resumed(straight, out, stopped_at, again)

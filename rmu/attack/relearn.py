@@ -21,12 +21,12 @@ cannot tell removed knowledge from hidden knowledge.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 
 from rmu.models.adapters import wrap
 from rmu.data import MCQItem, tokenize
+from rmu.unlearn.optim import learning_rate
 
 
 PLATEAU = 0.02  # the oracle has stopped learning when its accuracy moves less than this to the end
@@ -74,10 +74,7 @@ def finetune_checkpoints(model, tokenizer, texts: list[str], mode: str, lr: floa
 
 def warmup_cosine(step: int, total: int, lr: float) -> float:
     """The learning rate at `step` of `total`: linear warm-up over the first 10 %, then cosine to 0."""
-    warmup = max(1, total // 10)
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return learning_rate(step, total, lr, warmup=max(1, total // 10), final_ratio=0.0)
 
 
 def finetune(model, tokenizer, texts: list[str], mode: str, lr: float, steps: int, batch_size: int,

@@ -193,6 +193,47 @@ class ExportCommand:
 
 
 @dataclass
+class DistillConfig:
+    alpha: float = MISSING
+    beta: float = MISSING
+    lr: float = MISSING
+    final_lr_ratio: float = MISSING
+    warmup: int = MISSING
+    betas: List[float] = MISSING
+    eps: float = MISSING
+    grad_clip: Optional[float] = MISSING
+    max_tokens: int = MISSING
+    seq_len: int = MISSING
+    forget_fraction: float = MISSING
+    hidden_mse: float = MISSING
+    retain_ce_gap: Optional[float] = MISSING
+    eval_every: int = MISSING
+    heldout: int = MISSING
+
+
+@dataclass
+class DistillTrainerConfig:
+    batch_size: int = MISSING
+    progress: bool = MISSING
+    save_every: int = MISSING
+
+
+@dataclass
+class DistillCommand:
+    """python -m rmu.distill (conf/distill.yaml)."""
+    seed: int = MISSING
+    output_dir: str = MISSING
+    overwrite: bool = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    trainer: DistillTrainerConfig = field(default_factory=DistillTrainerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    logger: Optional[LoggerConfig] = None  # logger=wandb
+
+
+@dataclass
 class ProbeAttack:
     pooling: List[str] = MISSING
     train_fraction: float = MISSING
@@ -293,7 +334,8 @@ class AttackCommand:
     control_cache: Optional[str] = MISSING  # folder of the base-model controls; null = $RMU_CACHE/attack-controls
 
 
-COMMANDS = {"train": TrainCommand, "eval": EvalCommand, "export": ExportCommand, "attack": AttackCommand}
+COMMANDS = {"train": TrainCommand, "eval": EvalCommand, "export": ExportCommand, "attack": AttackCommand,
+            "distill": DistillCommand}
 
 
 def config_groups(command: str) -> str:

@@ -16,9 +16,7 @@ renamed, so a folder that exists is complete.
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
 import shutil
 import signal
 import sys
@@ -28,42 +26,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from rmu.data import TokenStream
 from rmu.errors import Preempted, ResumeError
-
-
-class TokenStream:
-    """Rows of `seq_len` tokens for any step: epoch e is the documents in the order of
-    `random.Random(f"{seed}-{e}")`, each followed by `eos`, cut into whole rows."""
-
-    def __init__(self, docs: list[list[int]], eos: int, seq_len: int, batch_size: int, seed: int):
-        self.docs, self.eos, self.seq_len, self.batch_size, self.seed = docs, eos, seq_len, batch_size, seed
-        self.rows_per_epoch = sum(len(d) + 1 for d in docs) // seq_len
-        if self.rows_per_epoch == 0:
-            raise ValueError(f"the documents hold fewer than seq_len={seq_len} tokens")
-        self._epoch, self._rows = -1, None
-
-    def _epoch_rows(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:  # steps move forward, so one cached epoch is enough
-            order = list(range(len(self.docs)))
-            random.Random(f"{self.seed}-{epoch}").shuffle(order)
-            flat = [t for i in order for t in (*self.docs[i], self.eos)]
-            n = self.rows_per_epoch * self.seq_len
-            self._epoch, self._rows = epoch, torch.tensor(flat[:n]).view(self.rows_per_epoch, self.seq_len)
-        return self._rows
-
-    def batch(self, step: int) -> torch.Tensor:
-        rows = []
-        for r in range(step * self.batch_size, (step + 1) * self.batch_size):
-            rows.append(self._epoch_rows(r // self.rows_per_epoch)[r % self.rows_per_epoch])
-        return torch.stack(rows)
-
-
-def learning_rate(step: int, steps: int, peak: float, warmup: int, final_ratio: float) -> float:
-    """Linear warm-up to `peak` over `warmup` steps, then cosine decay to `final_ratio`·peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    done = (step - warmup) / max(1, steps - warmup)
-    return peak * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * done)))
+from rmu.unlearn.optim import learning_rate
 
 
 def build_model(arch, vocab_size: int, seq_len: int, tokenizer, seed: int):

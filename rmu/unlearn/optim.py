@@ -58,6 +58,18 @@ class ReferenceAdamW(torch.optim.Optimizer):
                     p.add_(p, alpha=-group["lr"] * group["weight_decay"])
 
 
+def clip_(grads: list[torch.Tensor], max_norm: float | None) -> float | None:
+    """Scales `grads` in place to a global L2 norm of `max_norm` at most, and returns their norm
+    before; None (and nothing computed) without a `max_norm`."""
+    if max_norm is None:
+        return None
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
+    if norm > max_norm:
+        for g in grads:
+            g.mul_(max_norm / (norm + 1e-6))
+    return norm
+
+
 class Updater:
     def __init__(self, params: list[torch.Tensor], lr: float, betas, eps: float, weight_decay: float,
                  master_weights: bool, ranks=None, reference: bool = False):
@@ -68,6 +80,7 @@ class Updater:
                         if half and master_weights else None)
         self.scale = INITIAL_SCALE if params[0].dtype == torch.float16 else 1.0
         self.good_steps = 0
+        self.grad_norm: float | None = None  # the last step's, when it clipped (step's max_norm)
         kind = ReferenceAdamW if reference else torch.optim.AdamW  # optim.name: adamw_reference | adamw
         self.optimizer = kind(self.masters or params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
@@ -83,14 +96,17 @@ class Updater:
             raise TrainingError(f"{what} not finite; the step was not applied" if what.startswith("a gradient")
                                 else f"{what} not finite after the step")
 
-    def step(self, loss: torch.Tensor) -> bool:
-        """Backward and one AdamW step; False when a float16 overflow skipped it."""
+    def step(self, loss: torch.Tensor, max_norm: float | None = None) -> bool:
+        """Backward and one AdamW step; False when a float16 overflow skipped it. With
+        `max_norm`, the gradients (summed over ranks) are first scaled down to that global
+        norm at most; `grad_norm` keeps the norm before clipping."""
         for p in self.params:
             p.grad = None
         if self.masters is None:  # float32, or bfloat16 updated in place (optim.master_weights=false)
             loss.backward()
             self._sum_over_ranks()
             self._finite_or_stop([p.grad for p in self.params], "a gradient is")
+            self.grad_norm = clip_([p.grad for p in self.params], max_norm)
             self.optimizer.step()
             self._finite_or_stop(self.params, "the updated tensors are")
             return True
@@ -104,6 +120,7 @@ class Updater:
             self.good_steps = 0
             return False
         self._finite_or_stop(grads, "a gradient is")
+        self.grad_norm = clip_(grads, max_norm)
         for m, g in zip(self.masters, grads):
             m.grad = g
         self.optimizer.step()
@@ -138,3 +155,11 @@ class Updater:
             t.grad = None
         self._finite_or_stop(targets, "the updated tensors are")
         return True
+
+
+def learning_rate(step: int, steps: int, peak: float, warmup: int, final_ratio: float) -> float:
+    """Linear warm-up to `peak` over `warmup` steps, then cosine decay to `final_ratio`·peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    done = (step - warmup) / max(1, steps - warmup)
+    return peak * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * done)))
