@@ -123,8 +123,10 @@ def model_card(run_cfg: dict, results: RunResults, repo_id: str, adapter: bool):
     datasets = sorted({c["dataset"] for c in corpora if c.get("dataset") and is_repo_id(c["dataset"])})
     datasets += sorted({HARNESS_DATASETS[t][0] for t in (results.harness or {}).get("unlearned", {})
                         if t in HARNESS_DATASETS} - set(datasets))
+    distilled = results.distill
     data = ModelCardData(base_model=base_model, library_name="peft" if adapter else "transformers",
-                         tags=["unlearning", "rmu", "wmdp"] + (["lora"] if adapter else []),
+                         tags=["unlearning", "rmu", "wmdp"] + (["lora"] if adapter else []) +
+                              (["distillation"] if distilled else []),
                          datasets=datasets or None, model_name=repo_id.split("/")[-1],
                          eval_results=_eval_results(results) or None)
     robust = run_cfg.get("robust") or {}  # runs written before the robust variants have no section
@@ -142,11 +144,11 @@ Li et al. 2024, "The WMDP Benchmark"), made with the `rmu` trainer, for the
 forget topics {', '.join(results.topics)}. RMU pushes the activations of one decoder
 layer on forget-topic text {describe_targets(robust.get("targets", "topic"))} and keeps them
 unchanged on retain text; it is meant to remove the knowledge, not to refuse. Check the
-robustness of the removal before relying on it.
+robustness of the removal before relying on it.{distillation_text(distilled)}
 
 ## How it was made
 
-{settings_table(run_cfg, results, origin)}
+{settings_table(run_cfg, results, origin)}{distillation_table(distilled)}
 
 The full configuration is `rmu_config.yaml`, the per-step losses `metrics.jsonl`, the
 control vectors `control_vectors.safetensors`.
@@ -162,6 +164,31 @@ control vectors `control_vectors.safetensors`.
 ```
 """
     return ModelCard(text)
+
+
+def distillation_text(d: dict | None) -> str:
+    """The card's paragraph on distillation, for a model rmu.distill made (empty otherwise)."""
+    if not d:
+        return ""
+    return f"""
+
+These weights are not the unlearned model's own: they are a student distilled from it (UNDO,
+Lee et al. 2025, "Distillation Robustifies Unlearning"). The student started as the unlearned
+model with every weight matrix shrunk by (1 − α) and noised (α·β × Xavier-uniform noise) and
+every vector shrunk by (1 − α), α = {d['alpha']}, β = {d['beta']}, and was trained for
+{d['tokens']} tokens to match the unlearned model's next-token distributions (forward KL) on
+forget-domain and retain text. The accuracies below are the student's."""
+
+
+def distillation_table(d: dict | None) -> str:
+    """The card's distillation settings (the config is distill_config.yaml, the steps distill_metrics.jsonl)."""
+    if not d:
+        return ""
+    rows = [("damage α, β", f"{d['alpha']}, {d['beta']}"), ("distilled tokens", f"{d['tokens']} in {d['steps']} steps"),
+            ("stopped by", d["stopped"]), ("held-out retain CE (student, teacher)",
+                                           f"{d['student_retain_ce']:.4f}, {d['teacher_retain_ce']:.4f}")]
+    return ("\n\nThen distillation (`distill_config.yaml`, per-step `distill_metrics.jsonl`):\n\n" +
+            "\n".join(["| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]))
 
 
 def settings_table(run_cfg: dict, results: RunResults, origin: str) -> str:

@@ -54,18 +54,27 @@ def plot(out: Path, rows: list[dict], results: RunResults) -> None:
         ax.set_xticks(list(x), [f"{n}\n({evals[n]['role']})" for n in names])
         ax.set(title="accuracy (acc)", ylim=(0, 1))
         ax.legend(fontsize=8)
-    fig.suptitle(f"RMU on {results.model}: hooked layer {results.layer_id}, {results.steps} steps")
+    fig.suptitle(f"RMU on {results.model}: hooked layer {results.layer_id}, {results.steps} steps" +
+                 (f"; then distilled into a student damaged with α {results.distill['alpha']} (accuracy: the student)"
+                  if results.distill else ""))
     fig.tight_layout()
     fig.savefig(out, dpi=110, format="png")
     plt.close(fig)
 
 
 def summary(rows: list[dict], results: RunResults) -> str:
-    lines = [f"# RMU run: {results.model}", "",
+    d = results.distill
+    lines = [f"# RMU run: {results.model}" if d is None else f"# RMU, then distillation: {results.model}", "",
              f"- hooked layer {results.layer_id}, updated {', '.join(results.updated_parameters)}",
              f"- topics {', '.join(results.topics)}, steering coefficients "
              f"{', '.join(f'{c:.4g}' for c in results.steering_coeff)}, α {', '.join(f'{a:g}' for a in results.alpha)}",
-             f"- {results.steps} steps in {results.seconds['train']:.1f} s"]
+             f"- {results.steps} steps in {results.seconds['train']:.1f} s" if d is None else
+             f"- {results.steps} RMU steps made the teacher {d['teacher']}; the accuracies below are the student's",
+             *([] if d is None else [
+                 f"- distilled into a copy of the teacher damaged with alpha {d['alpha']}, beta {d['beta']}: "
+                 f"{d['steps']} steps, {d['tokens']} tokens in {results.seconds['train']:.1f} s, stopped by "
+                 f"{d['stopped']}; held-out retain CE {d['student_retain_ce']:.4f} (teacher {d['teacher_retain_ce']:.4f}); "
+                 f"distill_config.yaml and distill_metrics.jsonl have the rest"])]
     for topic in results.topics:
         mine = [r for r in rows if r["topic"] == topic]
         if not mine:  # never trained: the run had fewer steps than topics

@@ -16,6 +16,7 @@ from rmu.errors import ConfigError
 from rmu.harden.distill import fit, kl_divergence, setup
 from rmu.harden.noise import damage, xavier_uniform
 from rmu.distill import distill
+from rmu.export import prepare
 from rmu.train import train
 from tests.conftest import ENV, ROOT, TINY, assert_same_weights, make_cfg, run_cli, sigterm_then_resume
 
@@ -115,6 +116,8 @@ def test_a_distilled_run_folder_says_how_it_was_made_and_the_teacher_is_untouche
     assert saved["topics"] == json.loads((teacher / "results.json").read_text())["topics"]  # how RMU made the teacher
     assert (out / "rmu_config.yaml").read_text() == (teacher / "rmu_config.yaml").read_text()
     assert results.distill["student_retain_ce"] is not None
+    card = (prepare(out, "me/tiny-undo") / "README.md").read_text()  # the Hub folder says what made it
+    assert "a student distilled from it" in card and f"α = {info['alpha']}" in card and "distillation" in card
     student, original = load_file(out / "model.safetensors"), load_file(teacher / "model.safetensors")
     assert not torch.equal(student["model.layers.0.mlp.up_proj.weight"], original["model.layers.0.mlp.up_proj.weight"])
 

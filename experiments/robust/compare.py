@@ -60,22 +60,46 @@ def read_attack(folder: Path) -> dict:
 
 
 def read_config(path: Path) -> dict:
-    cfg = load_config(path, ("seeds", "recipes", "train", "attack"), optional=("work_dir",))
-    if not all(isinstance(v, list) for v in cfg["recipes"].values()):
-        sys.exit(f"error: {path}: recipes must map each recipe name to a list of rmu.train overrides")
+    """The recipes file. A recipe is a list of rmu.train overrides, or a distilled recipe
+    {teacher: <an earlier recipe>, distill: [rmu.distill overrides]} whose seed s distills
+    that recipe's seed s (the file's `distill` list is added to every one)."""
+    cfg = load_config(path, ("seeds", "recipes", "train", "attack"), optional=("work_dir", "distill", "pretrain_tokens"))
+    earlier = []
+    for name, spec in cfg["recipes"].items():
+        if isinstance(spec, dict):
+            if sorted(spec) != ["distill", "teacher"] or not isinstance(spec["distill"], list):
+                sys.exit(f"error: {path}: recipe {name}: a distilled recipe is {{teacher: <recipe>, distill: [overrides]}}")
+            if spec["teacher"] not in earlier or isinstance(cfg["recipes"][spec["teacher"]], dict):
+                sys.exit(f"error: {path}: recipe {name}: teacher {spec['teacher']!r} must be a trained recipe listed "
+                         f"before it ({', '.join(r for r in earlier if isinstance(cfg['recipes'][r], list)) or 'none'})")
+            if "distill" not in cfg:
+                sys.exit(f"error: {path}: recipe {name} distills: the file needs a `distill` list of the overrides "
+                         f"every rmu.distill run gets (model, data, eval, distill group)")
+        elif not isinstance(spec, list):
+            sys.exit(f"error: {path}: recipe {name}: a list of rmu.train overrides, or {{teacher:, distill:}}")
+        earlier.append(name)
     return cfg
 
 
 def run_all(cfg: dict, work: Path, launcher: str | None) -> None:
     """Train and attack every recipe × seed that has no results yet."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for recipe, overrides in cfg["recipes"].items():
+    for recipe, spec in cfg["recipes"].items():
         folder = work / recipe
-        same_settings(folder, {"train": [*cfg["train"], *overrides], "attack": cfg["attack"]}, "robust")
+        if isinstance(spec, dict):  # distill the teacher recipe's seed s into this recipe's seed s
+            teacher = work / spec["teacher"]
+            overrides = [*cfg["distill"], *spec["distill"]]
+            same_settings(folder, {"teacher": [*cfg["train"], *cfg["recipes"][spec["teacher"]]], "distill": overrides,
+                                   "attack": cfg["attack"]}, "robust")
+            module, source = "rmu.distill", [f"model.path={teacher}/seed${{seed}}"]
+        else:
+            overrides = [*cfg["train"], *spec]
+            same_settings(folder, {"train": overrides, "attack": cfg["attack"]}, "robust")
+            module, source = "rmu.train", []
         todo = [s for s in cfg["seeds"] if not done(folder / f"seed{s}")]
         if todo:
-            sweep("rmu.train", [*cfg["train"], *overrides, f"seed={','.join(map(str, todo))}",
-                                f"output_dir={folder}/seed${{seed}}"], launcher, work / "sweeps" / f"{stamp}-{recipe}-train")
+            sweep(module, [*overrides, *source, f"seed={','.join(map(str, todo))}", f"output_dir={folder}/seed${{seed}}"],
+                  launcher, work / "sweeps" / f"{stamp}-{recipe}-{module.split('.')[1]}")
         models = [folder / f"seed{s}" for s in cfg["seeds"]]
         todo = [m for m in models if not done(m.with_name(m.name + "-attack"))]
         if todo:
@@ -97,15 +121,19 @@ def forget_mean(rows: list[dict], attack: str, key: str) -> float | None:
 def collect(cfg: dict, work: Path) -> dict:
     """Per recipe: per seed, clean accuracy, time per step, and per attack gap and resistance."""
     out = {}
-    for recipe in cfg["recipes"]:
+    for recipe, spec in cfg["recipes"].items():
         seeds = []
         for s in cfg["seeds"]:
             run = RunResults.read(work / recipe / f"seed{s}")
+            # A distilled recipe's training is its teacher's RMU run and the distillation.
+            train_s = run.seconds["train"] + (RunResults.read(work / spec["teacher"] / f"seed{s}").seconds["train"]
+                                              if run.distill else 0.0)
             attack = read_attack(work / recipe / f"seed{s}-attack")
             retain = [e["base"]["acc"] for e in run.eval.values() if e["role"] == "retain"]
             seeds.append({"forget": run.mean_unlearned_acc("forget"), "general": run.mean_unlearned_acc("retain"),
                           "base_general": sum(retain) / len(retain) if retain else None,
-                          "step_s": run.seconds["train"] / run.steps,
+                          "train_s": train_s,
+                          "distill": run.distill and {"alpha": run.distill["alpha"], "tokens": run.distill["tokens"]},
                           "gap": {a: forget_mean(attack["summary"], a, "gap_recovered") for a in attack["attacks"]},
                           "resistance": {a: forget_mean(attack["summary"], a, "resistance") for a in attack["attacks"]},
                           "excess": {a: forget_mean(attack["summary"], a, "excess_recovery") for a in attack["attacks"]},
@@ -159,7 +187,7 @@ def median(values) -> float | None:
 def results_md(cfg: dict, data: dict, command: str = COMMAND) -> str:
     recipes = list(data)
     attacks = list(data[recipes[0]][0]["gap"])
-    ref_step = statistics.median(s["step_s"] for s in data[recipes[0]])
+    ref_train = statistics.median(s["train_s"] for s in data[recipes[0]])
     minutes = sum(s["seconds"] for seeds in data.values() for s in seeds) / 60
     n = len(cfg["seeds"])
     lines = [f"# Recipes under attack ({n} seed{'s' if n != 1 else ''} each)", "",
@@ -168,15 +196,15 @@ def results_md(cfg: dict, data: dict, command: str = COMMAND) -> str:
              "times, base-model controls computed once and shared).", "",
              "gap_recovered: mean over the forget sets of (attacked − unlearned) / (base − unlearned); "
              "median over seeds [min, max]. 0 = nothing came back, 1 = all of it.", "",
-             "| recipe | clean forget acc | general acc (% of base) | time / step (× " + recipes[0] + ") | "
+             "| recipe | clean forget acc | general acc (% of base) | training time (× " + recipes[0] + ") | "
              + " | ".join(attacks) + " | worst |", "|---" * (5 + len(attacks)) + "|"]
     for recipe in recipes:
         seeds = data[recipe]
         general, base_general = median(s["general"] for s in seeds), seeds[0]["base_general"]
         share = f" ({100 * general / base_general:.0f}%)" if general is not None and base_general else ""
-        step = statistics.median(s["step_s"] for s in seeds) / ref_step
+        cost = statistics.median(s["train_s"] for s in seeds) / ref_train
         cells = [spread([s["gap"][a] for s in seeds]) for a in attacks]
-        lines.append(f"| {recipe} | {fmt(median(s['forget'] for s in seeds))} | {fmt(general)}{share} | {step:.2f} | "
+        lines.append(f"| {recipe} | {fmt(median(s['forget'] for s in seeds))} | {fmt(general)}{share} | {cost:.2f} | "
                      + " | ".join(cells) + f" | {spread([worst(s) for s in seeds])} |")
     lines += ["", "Resistance: attacked accuracy of the unlearned model minus that of the base model under the "
                   "same attack (forget sets, median over seeds [min, max]); below 0, the attack does not bring "
@@ -187,9 +215,14 @@ def results_md(cfg: dict, data: dict, command: str = COMMAND) -> str:
                                                    for a in attacks) + " |")
     if any(v is not None for seeds in data.values() for s in seeds for v in s["excess"].values()):
         lines += excess_md(data, attacks)
-    lines += ["", "Recipes (overrides of `python -m rmu.train`):", ""]
-    lines += [f"- `{r}`: `{' '.join(o) or '(defaults)'}`" for r, o in cfg["recipes"].items()]
+    lines += ["", "Recipes (overrides of `python -m rmu.train`; a distilled recipe: `python -m rmu.distill` "
+                  "of its teacher recipe's model, seed by seed):", ""]
+    lines += [f"- `{r}`: `{' '.join(o) or '(defaults)'}`" if isinstance(o, list) else
+              f"- `{r}`: `{o['teacher']}` distilled with `{' '.join(cfg['distill'] + o['distill'])}`"
+              for r, o in cfg["recipes"].items()]
     lines += ["", f"Attacks: `python -m rmu.attack {' '.join(cfg['attack'])}`", "", "![recipes](robust.png)", ""]
+    if "pretrain_tokens" in cfg and any(isinstance(r, dict) for r in cfg["recipes"].values()):
+        lines += ["![distillation: robustness against compute](distill.png)", ""]
     if any(s["curves"] for seeds in data.values() for s in seeds):
         lines += ["![relearning curves](relearning.png)", ""]
     return "\n".join(lines)
@@ -205,9 +238,8 @@ def excess_md(data: dict, attacks: list[str]) -> list[str]:
                  "knew beyond it.", "",
              "| recipe | " + " | ".join(attacks) + " | worst |", "|---" * (2 + len(attacks)) + "|"]
     for recipe, seeds in data.items():
-        worst_excess = [max((v for v in s["excess"].values() if v is not None), default=None) for s in seeds]
         lines.append(f"| {recipe} | " + " | ".join(spread([s["excess"][a] for s in seeds]) for a in attacks)
-                     + f" | {spread(worst_excess)} |")
+                     + f" | {spread([worst_excess(s) for s in seeds])} |")
     lines.append(f"| oracle (clean forget acc {fmt(oracle)}) | " + " | ".join("+0.00 (by definition)" for _ in attacks)
                  + " | +0.00 |")
     return lines
@@ -233,6 +265,42 @@ def plot_curves(data: dict, path: Path) -> None:
             ax.plot(steps, [statistics.median(r[k] for r in runs) for k in steps], "o-", ms=3, label=recipe)
     ax.set(xscale="log", xlabel="fine-tuning steps on the forget split's documents",
            ylabel="accuracy on the split's questions", title="Relearning speed (median over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def worst_excess(seed: dict) -> float | None:
+    return max((v for v in seed["excess"].values() if v is not None), default=None)
+
+
+def plot_distill(cfg: dict, data: dict, path: Path) -> None:
+    """distill.png: worst excess recovery over the oracle (median over seeds) against the
+    distillation tokens as a fraction of the base model's pretraining tokens, one line per
+    alpha; each teacher recipe as a dashed level, the oracle at 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    lines, teachers = {}, set()
+    for recipe, spec in cfg["recipes"].items():
+        if isinstance(spec, dict):
+            seeds = data[recipe]
+            teachers.add(spec["teacher"])
+            x = median(s["distill"]["tokens"] for s in seeds) / cfg["pretrain_tokens"]
+            lines.setdefault(seeds[0]["distill"]["alpha"], []).append((x, median(worst_excess(s) for s in seeds)))
+    for alpha, points in sorted(lines.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"distilled, α = {alpha}")
+    for teacher in sorted(teachers):
+        ax.axhline(median(worst_excess(s) for s in data[teacher]), ls="--", color="grey", label=f"{teacher} (the teacher)")
+    ax.axhline(0, color="black", lw=1, label="oracle (data-filtered)")
+    ax.set(xlabel="distillation tokens / base model's pretraining tokens", ylabel="worst excess recovery over the oracle",
+           title="Distillation: robustness against compute (median over seeds)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -276,7 +344,7 @@ def main(argv=None) -> None:
     work = Path(cfg.get("work_dir") or args.out / "runs").absolute()
     started = time.perf_counter()
     try:
-        for name in ("results.md", "robust.png", "relearning.png"):  # before hours of training, not after
+        for name in ("results.md", "robust.png", "relearning.png", "distill.png"):  # before hours of training, not after
             check_output_file(args.out / name, args.command)
         run_all(cfg, work, args.launcher)
         data = collect(cfg, work)
@@ -284,6 +352,8 @@ def main(argv=None) -> None:
         write_output_file(args.out / "robust.png", lambda tmp: plot(data, tmp), args.command)
         if any(s["curves"] for seeds in data.values() for s in seeds):
             write_output_file(args.out / "relearning.png", lambda tmp: plot_curves(data, tmp), args.command)
+        if "pretrain_tokens" in cfg and any(isinstance(r, dict) for r in cfg["recipes"].values()):
+            write_output_file(args.out / "distill.png", lambda tmp: plot_distill(cfg, data, tmp), args.command)
     except RmuError as e:
         sys.exit(f"error: {e}")
     print(f"robust: wrote {args.out / 'results.md'} and {args.out / 'robust.png'} "
