@@ -207,6 +207,8 @@ def settings_table(run_cfg: dict, results: RunResults, origin: str) -> str:
             ("robust stages", "; ".join(f"{k} {v}" if v is not True else k for k, v in stages.items()) or
              "none (the plain RMU step)"),
             ("retain weight α", ", ".join(f"{a:g}" for a in results.alpha)),
+            ("layered unlearning", "yes: one stage per topic, each retaining the later topics' text"
+             if r.get("layered") else "no"),
             ("padding mask in the losses", r["mask_padding"]),
             ("optimizer", f"{o.get('name', 'adamw')}, lr {o['lr']}, weight decay {o['weight_decay']}, eps {o['eps']}"),
             ("numerics", r.get("numerics", "float32")),

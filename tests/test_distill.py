@@ -170,3 +170,17 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(teacher, tmp
     rows = {name: [json.loads(line) for line in open(tmp_path / name / "distill_metrics.jsonl")] for name in ("one", "two")}
     for a, b in zip(rows["one"], rows["two"], strict=True):
         assert abs(a["kl"] - b["kl"]) <= 1e-5 * a["kl"]
+
+
+def test_a_distillation_too_big_for_the_device_is_refused_naming_a_batch_size_that_fits(teacher, tmp_path,
+                                                                                       monkeypatch):
+    from rmu.run import memory
+
+    cfg = make_cfg(distill_args(teacher, f"output_dir={tmp_path / 'x'}"), "distill")
+    monkeypatch.setattr(memory, "device_memory", lambda device: ("the CPU", 2 * memory.GIB, 1))
+    setup(cfg)  # fits: the tiny model with two rows of 32 tokens
+    monkeypatch.setattr(memory, "device_memory", lambda device: ("the CPU", memory.GIB, 1))
+    big = make_cfg(distill_args(teacher, f"output_dir={tmp_path / 'y'}", "distill.seq_len=64", batch=64), "distill")
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=64: distillation needs about .* GiB .*"
+                                          r"trainer.batch_size=\d+ fits"):
+        setup(big)

@@ -72,3 +72,26 @@ def test_a_local_hugging_face_folder_trains_through_the_same_path(tiny_cfg, tmp_
     start, end = weights(first.output_dir), weights(second.output_dir)
     changed = {k for k in start if not torch.equal(start[k], end[k])}
     assert changed == set(results.updated_parameters) and changed
+
+
+def test_layered_unlearning_runs_one_stage_per_topic_each_retaining_the_later_topics(tiny_cfg):
+    import pytest
+
+    from rmu.errors import ConfigError
+    from rmu.unlearn.recipe import fit, setup, step_texts
+
+    run = setup(tiny_cfg("rmu.layered=true", "trainer.max_steps=6", "trainer.batch_size=4"))
+    chem, astro = (set(c.texts) for c in run.plan.forget)
+    stages = [step_texts(run, step, 4) for step in range(6)]
+    assert [(k, stage) for k, stage, _, _ in stages] == [(0, 1), (0, 1), (0, 1), (0, 2), (1, 2), (0, 2)]
+    for k, stage, forget, retain in stages:
+        assert set(forget) <= (chem if k == 0 else astro)
+        later = [t for t in retain if t in astro]
+        assert len(later) == (2 if stage == 1 else 0)  # stage 1 keeps astro: half its retain batch is astro text
+    rows = fit(run, ({}, None))
+    assert [r["stage"] for r in rows] == [1, 1, 1, 2, 2, 2] and [r["topic"] for r in rows][3:] == ["chem", "astro", "chem"]
+    plain = setup(tiny_cfg(output="plain"))
+    assert step_texts(plain, 3, 4)[:2] == (1, None)  # without layering: topic i % K, no stages
+    for bad, key in ((["trainer.batch_size=1"], "rmu.layered"), (["trainer.max_steps=1"], "rmu.layered")):
+        with pytest.raises(ConfigError, match=key):
+            setup(tiny_cfg("rmu.layered=true", *bad, output="bad"))

@@ -244,6 +244,15 @@ def check_rmu(cfg: DictConfig, n_topics: int) -> dict:
         fail("rmu.auto_beta", r.auto_beta, f"is only used with rmu.steering_coeff=auto (it is "
                                            f"{plain(r.steering_coeff)!r} here)")
     alpha = per_topic("rmu.alpha", r.alpha, n_topics, positive=False)
+    if r.layered and n_topics < 2:
+        fail("rmu.layered", True, "needs at least two forget topics (data.forget): stage i unlearns topics 1..i "
+                                  "while retaining the later ones")
+    if r.layered and cfg.trainer.one_pass:
+        fail("rmu.layered", True, "splits trainer.max_steps into stages; trainer.one_pass=true stops on the data instead")
+    if r.layered and cfg.trainer.batch_size < 2:
+        fail("rmu.layered", True, "needs trainer.batch_size >= 2: half of each retain batch is the later topics' text")
+    if r.layered and cfg.trainer.max_steps < n_topics:
+        fail("rmu.layered", True, f"needs trainer.max_steps >= {n_topics} (one stage per forget topic)")
     return dict(layer_id=layer_id, update_layers=update_layers, steering=steering, alpha=alpha)
 
 

@@ -68,6 +68,7 @@ class RmuConfig:
     alpha: Any = MISSING  # number | one number per topic
     mask_padding: bool = MISSING
     numerics: str = MISSING
+    layered: bool = MISSING
     experts: Optional[List[int]] = MISSING
 
 

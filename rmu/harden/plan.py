@@ -15,6 +15,8 @@ from rmu.config.checks import (check_data, check_eval, check_export_target, chec
 from rmu.config.plan import load_corpora, load_eval_sets, read_model_config
 from rmu.data import Corpus, MCQItem
 from rmu.evaluation.results import RunResults
+from rmu.models.loading import parameter_layout
+from rmu.run.memory import check_distill_memory
 from rmu.run.checkpoint import check_output_dir, check_writable
 
 
@@ -99,6 +101,7 @@ def plan_distill(cfg: DictConfig, processes: int) -> DistillPlan:
         check_export_target(cfg.export, "export.")
     teacher_config, teacher_results = read_teacher(cfg)
     config = read_model_config(cfg.model, "model")
+    sizes, _ = parameter_layout(config, cfg.model.trust_remote_code)
     eval_sets = load_eval_sets(cfg.eval)
     check_output_dir(cfg.output_dir, cfg.overwrite, protected=(cfg.model.path,))
     if cfg.export.repo_id:
@@ -122,6 +125,7 @@ def plan_distill(cfg: DictConfig, processes: int) -> DistillPlan:
     # The student's weights, and a resume state of its weights and AdamW's two moments: 4x the teacher's.
     check_writable(cfg.output_dir, 4 * _folder_bytes(Path(cfg.model.path).expanduser()),
                    what="the run (the student's weights, and a resume state of weights and AdamW moments)")
+    check_distill_memory(cfg, config, sum(sizes.values()))
     return DistillPlan(teacher_config, teacher_results, forget, retain, heldout, eval_sets, steps, forget_rows,
                        global_rows, config)
 

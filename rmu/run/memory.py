@@ -58,6 +58,57 @@ def estimate(config, n_params: int, n_updated: int, *, dtype: str, span_layers: 
     return parts
 
 
+def estimate_distill(config, n_params: int, *, dtype: str, batch: int, seq_len: int,
+                     master_weights: bool = True) -> dict:
+    """Bytes by part of one process of `rmu.distill` (rmu/harden/distill.py): the frozen
+    teacher and the student whole, every student parameter trained (its gradient, AdamW's
+    moments and, in half precision, its float32 master), the student's activations through
+    every layer, and the logits: the teacher's and the student's, each in the model dtype and
+    as float32 log-probabilities, and the gradient of the student's (5 vocabulary-wide
+    float32 tensors per token at the peak, counted as 5 · 4 bytes)."""
+    w = WIDTH.get(dtype, 4)
+    masters = master_weights and w == 2
+    tokens = batch * seq_len
+    parts = {
+        "weights": 2 * n_params * w,
+        "gradients": n_params * (w + (4 if masters else 0)),
+        "optimizer": n_params * (12 if masters else 2 * w),
+        "activations": per_token_layer(config) * config.num_hidden_layers * tokens * w,
+        "logits": tokens * config.vocab_size * (2 * w + 5 * 4),
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def check_distill_memory(cfg, config, n_params: int) -> None:
+    """Refuse, before loading, a distillation whose estimate does not fit its device, naming
+    the trainer.batch_size that would."""
+    where, available, sharing = device_memory(str(cfg.model.device))
+    if available is None:
+        return
+    batch = int(cfg.trainer.batch_size)
+    parts = estimate_distill(config, n_params, dtype=cfg.model.dtype, batch=batch, seq_len=cfg.distill.seq_len)
+    need = (parts["total"] + RUNTIME) * sharing
+    if need <= available:
+        return
+    per_row = (parts["activations"] + parts["logits"]) / batch
+    room = available / sharing - (parts["total"] - parts["activations"] - parts["logits"] + RUNTIME)
+    per_token = per_row / cfg.distill.seq_len
+    if room >= per_row:
+        fits = f"trainer.batch_size={int(room // per_row)} fits"
+    elif room >= 2 * per_token:
+        fits = f"even trainer.batch_size=1 does not fit; at batch size 1, distill.seq_len={int(room // per_token)} does"
+    else:
+        fits = ("the two models with the student's training state alone do not fit: use a device with more memory "
+                "or model.dtype=bfloat16")
+    from rmu.run.checkpoint import human
+
+    detail = ", ".join(f"{k} {human(v)}" for k, v in parts.items() if k != "total" and v >= 2 ** 20)
+    raise ConfigError(f"trainer.batch_size={batch}: distillation needs about {need / GIB:.1f} GiB of memory "
+                      f"({detail}, for {batch} rows × {cfg.distill.seq_len} tokens), but {where} has "
+                      f"{available / GIB:.1f} GiB available; {fits}")
+
+
 def longest(corpora) -> int:
     """The most tokens a batch of these corpora can hold: max_length, or less where every
     text is shorter (a token is at least one byte of text, plus BOS and a prefix space)."""

@@ -186,13 +186,13 @@ def fit(run: Run, before: tuple, folder=None, preemption: Preemption | None = No
     progress = Progress(t.progress and ranks.main, start, plan.steps)
     try:
         for step in range(start, plan.steps):
-            k, index = step % len(plan.topics), step // len(plan.topics)
-            forget, retain = (tokenize(run.tokenizer, ranks.shard(batch_texts(corpus, index, global_batch,
-                                                                              not t.one_pass)),
-                                       corpus.max_length, run.device)
-                              for corpus in (plan.forget[k], plan.retain[k]))
+            k, stage, forget_texts, retain_texts = step_texts(run, step, global_batch)
+            forget, retain = (tokenize(run.tokenizer, ranks.shard(texts), corpus.max_length, run.device)
+                              for texts, corpus in ((forget_texts, plan.forget[k]), (retain_texts, plan.retain[k])))
             record = run.step(forget, retain, controls[k], plan.alpha[k], step)
             record["topic"] = plan.topics[k]
+            if stage is not None:
+                record["stage"] = stage
             rows.append(record)
             run.tracker.step(record)
             progress.update(record)
@@ -203,6 +203,29 @@ def fit(run: Run, before: tuple, folder=None, preemption: Preemption | None = No
     finally:
         progress.close()
     return rows
+
+
+def step_texts(run: Run, step: int, global_batch: int) -> tuple[int, int | None, list[str], list[str]]:
+    """(topic, stage, forget texts, retain texts) of a step's global batch. Step i trains topic
+    i % K on batch i // K of its corpora. With `rmu.layered` the steps form K stages; stage s
+    (1-based) trains topics 1..s in turn from its first step, and the second half of its retain batch is forget
+    text of topics s+1..K, which this stage must keep (stage None without layering)."""
+    plan, wrap = run.plan, not run.cfg.trainer.one_pass
+    n = len(plan.topics)
+    if not run.cfg.rmu.layered:
+        k, index = step % n, step // n
+        return (k, None, batch_texts(plan.forget[k], index, global_batch, wrap),
+                batch_texts(plan.retain[k], index, global_batch, wrap))
+    stage = min(step * n // plan.steps, n - 1) + 1
+    local = step - -(-(stage - 1) * plan.steps // n)  # the step's place in its stage
+    k, index = local % stage, local // stage
+    retain = batch_texts(plan.retain[k], index, global_batch)
+    later = plan.forget[stage:]
+    if later:  # keep the topics not yet unlearned: half the retain batch is their text
+        half = global_batch // 2
+        kept = [batch_texts(later[j % len(later)], index * half + j // len(later), 1)[0] for j in range(half)]
+        retain = retain[:global_batch - half] + kept
+    return k, stage, batch_texts(plan.forget[k], index, global_batch), retain
 
 
 def save_or_stop(run: Run, folder, preemption: Preemption | None, rows: list[dict], before: tuple) -> None:
