@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from rmu.run.memory import GIB, WIDTH, estimate, per_token_layer  # noqa: E402 - the product's estimate, checked here
+from rmu.run.memory import GIB, WIDTH, estimate, estimate_distill, per_token_layer  # noqa: E402 - the product's estimate, checked here
 
 
 def measured_activations(cfg_overrides: list[str]) -> tuple[int, int]:
@@ -145,12 +145,38 @@ def recipe_table() -> str:
     return "\n".join(lines)
 
 
+def distill_table() -> str:
+    """`python -m rmu.distill model=zephyr_7b distill=zephyr_7b` per GPU at several batch
+    sizes (rows of distill.seq_len tokens per process), as rmu/run/memory.py estimates it."""
+    from hydra import compose, initialize_config_dir
+
+    from rmu.config.schema import CONF_DIR
+    from rmu.models.loading import parameter_layout
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("distill", overrides=["model=zephyr_7b", "distill=zephyr_7b"])
+    config = model_config(cfg.model)
+    n_params = sum(parameter_layout(config)[0].values())
+    lines = ["| rows per GPU × tokens | weights (teacher + student) | gradients + AdamW | activations | logits | total |",
+             "|---|---|---|---|---|---|"]
+    for batch in (1, 4, 8, 14):
+        for masters in (False, True):
+            e = estimate_distill(config, n_params, dtype=cfg.model.dtype, batch=batch, seq_len=cfg.distill.seq_len,
+                                 master_weights=masters)
+            lines.append(f"| {batch} × {cfg.distill.seq_len}{' (float32 masters)' if masters else ''} | "
+                         f"{e['weights'] / GIB:.1f} GiB | {(e['gradients'] + e['optimizer']) / GIB:.1f} GiB | "
+                         f"{e['activations'] / GIB:.1f} GiB | {e['logits'] / GIB:.1f} GiB | {e['total'] / GIB:.1f} GiB |")
+    return f"Zephyr-7B ({n_params / 1e9:.2f} B parameters) distilled, per GPU:\n\n" + "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="estimate vs measured activations on the tiny and bundled models")
     args = p.parse_args()
     if not args.check:
         print(recipe_table())
+        print()
+        print(distill_table())
         return
     for label, overrides in (("tiny", ["debug=tiny", "eval=none", "data.forget.0.max_length=64"]),
                              ("bundled", ["eval=none", "trainer.batch_size=4"])):

@@ -202,6 +202,7 @@ class DistillConfig:
     warmup: int = MISSING
     betas: List[float] = MISSING
     eps: float = MISSING
+    master_weights: bool = MISSING
     grad_clip: Optional[float] = MISSING
     max_tokens: int = MISSING
     seq_len: int = MISSING

@@ -130,7 +130,8 @@ def build(cfg: DictConfig, plan: DistillPlan, ranks: Ranks) -> Distill:
     student = copy.deepcopy(teacher).train()
     damaged = damage(student, d.alpha, d.beta, cfg.seed)
     updated = [p.requires_grad_(True) for p in student.parameters()]
-    updater = Updater(updated, lr=d.lr, betas=d.betas, eps=d.eps, weight_decay=0.0, master_weights=True, ranks=ranks)
+    updater = Updater(updated, lr=d.lr, betas=d.betas, eps=d.eps, weight_decay=0.0, master_weights=d.master_weights,
+                      ranks=ranks)
     docs = lambda corpora: tokenizer([t for c in corpora for t in c.texts], add_special_tokens=False).input_ids  # noqa: E731
     eos = tokenizer.eos_token_id
     forget = (TokenStream(docs(plan.forget), eos, d.seq_len, plan.forget_rows, cfg.seed)

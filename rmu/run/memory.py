@@ -87,7 +87,8 @@ def check_distill_memory(cfg, config, n_params: int) -> None:
     if available is None:
         return
     batch = int(cfg.trainer.batch_size)
-    parts = estimate_distill(config, n_params, dtype=cfg.model.dtype, batch=batch, seq_len=cfg.distill.seq_len)
+    parts = estimate_distill(config, n_params, dtype=cfg.model.dtype, batch=batch, seq_len=cfg.distill.seq_len,
+                             master_weights=bool(cfg.distill.master_weights))
     need = (parts["total"] + RUNTIME) * sharing
     if need <= available:
         return
