@@ -13,9 +13,9 @@ from rmu.config.schema import CONF_DIR
 from tests.conftest import TINY, make_cfg
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF_DIR).iterdir() if g.is_dir()}
-# conf/attack/ belongs to `python -m rmu.attack` (conf/attack.yaml), conf/distill/ to `python -m rmu.distill`,
-# every other group to training.
-OPTIONS = [(g, o) for g, opts in GROUPS.items() if g not in ("experiment", "attack", "distill") for o in opts]
+# conf/attack/ belongs to `python -m rmu.attack` (conf/attack.yaml), conf/distill/ and conf/tar/ to
+# `python -m rmu.distill` and `python -m rmu.tar`, every other group to training.
+OPTIONS = [(g, o) for g, opts in GROUPS.items() if g not in ("experiment", "attack", "distill", "tar") for o in opts]
 
 
 def test_tree_has_the_groups_we_document():
@@ -33,6 +33,13 @@ def test_every_distill_option_composes_and_passes_value_checks(option):
     from rmu.harden.plan import check_values
 
     check_values(make_cfg([f"distill={option}"], "distill"))
+
+
+@pytest.mark.parametrize("option", GROUPS["tar"])
+def test_every_tar_option_composes_and_passes_value_checks(option):
+    from rmu.harden.plan import check_tar_values
+
+    check_tar_values(make_cfg([f"tar={option}"], "tar"))
 
 
 def leaves(node, prefix=""):

@@ -236,6 +236,49 @@ class DistillCommand:
 
 
 @dataclass
+class TarAdversaryConfig:
+    data: List[str] = MISSING
+    lrs: List[float] = MISSING
+    batch_size: int = MISSING
+    switch_beta: List[float] = MISSING
+
+
+@dataclass
+class TarConfig:
+    safeguard_steps: int = MISSING
+    safeguard_lr: float = MISSING
+    outer_steps: int = MISSING
+    inner_steps: int = MISSING
+    tr_every: int = MISSING
+    tr_batch_size: int = MISSING
+    tr_coef: float = MISSING
+    retain_coef: float = MISSING
+    lr: float = MISSING
+    final_lr_ratio: float = MISSING
+    warmup: int = MISSING
+    betas: List[float] = MISSING
+    eps: float = MISSING
+    master_weights: bool = MISSING
+    heldout_fraction: float = MISSING
+    adversary: TarAdversaryConfig = field(default_factory=TarAdversaryConfig)
+
+
+@dataclass
+class TarCommand:
+    """python -m rmu.tar (conf/tar.yaml)."""
+    seed: int = MISSING
+    output_dir: str = MISSING
+    overwrite: bool = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tar: TarConfig = field(default_factory=TarConfig)
+    trainer: DistillTrainerConfig = field(default_factory=DistillTrainerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    logger: Optional[LoggerConfig] = None  # logger=wandb
+
+
+@dataclass
 class ProbeAttack:
     pooling: List[str] = MISSING
     train_fraction: float = MISSING
@@ -337,7 +380,7 @@ class AttackCommand:
 
 
 COMMANDS = {"train": TrainCommand, "eval": EvalCommand, "export": ExportCommand, "attack": AttackCommand,
-            "distill": DistillCommand}
+            "distill": DistillCommand, "tar": TarCommand}
 
 
 def config_groups(command: str) -> str:

@@ -44,7 +44,7 @@ RESULTS = {  # required: what every run writes and the readers use; optional: wh
     "rank0_parameter_mib": optional(NUMBER),
     "eval": optional(map_of({"role": ("one of", "forget", "retain"), "base": SCORES, "unlearned": SCORES})),
     "seconds": {"train": NUMBER}, "optimizer": optional(str), "numerics": optional(str), "robust": optional(map_of(ANY)),
-    "distill": optional(map_of(ANY)),
+    "distill": optional(map_of(ANY)), "tar": optional(map_of(ANY)),
     "harness": optional({"setup": map_of(ANY), "base": optional(TASK_METRICS), "unlearned": TASK_METRICS}),
 }
 METRICS_ROW = {"step": int, "topic": str, "forget_loss": NUMBER, "retain_loss": NUMBER, "retain_cos_frozen": NUMBER}
@@ -156,6 +156,7 @@ class RunResults:
     numerics: str | None = None  # rmu.numerics: float32 losses and controls, or the reference's dtype
     robust: dict | None = None  # the robust stages the step ran, with their settings; absent for the plain step
     distill: dict | None = None  # a distilled model (rmu.distill): how the student was made from this run's teacher
+    tar: dict | None = None  # a model trained further with TAR (rmu.tar): its settings and cost
 
     @classmethod
     def read(cls, folder: str | Path) -> "RunResults":

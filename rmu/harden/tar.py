@@ -1,0 +1,336 @@
+"""Tamper-resistant training (TAR, Tamirisa et al., ICLR 2025) of an unlearned model.
+
+Each outer step samples a fine-tuning adversary — its data (forget text, retain text, or
+retain text switching to forget text at a Beta-distributed point), its learning rate, a fresh
+AdamW — and lets it run K steps on the model. Every `tr_every` of those steps the
+tamper-resistance loss is taken on a held-out forget batch: the negative entropy of the
+next-token distribution, weighted 4·exp(0.0625·(i − K + 1)) so that late steps count most,
+and its gradient at the adversary's weights is added up (first order: the adversary's path is
+not differentiated). Then the weights are restored, the retain loss (next-token loss plus
+the mean over layers of ‖h − h_start‖₂ on retain text) adds its gradient, and the outer AdamW
+takes one step with the sum. The model learns to stay ignorant wherever the sampled
+adversaries take it; attacks outside that family are the test (make lab-robust).
+
+Optionally `tar.safeguard_steps` steps of the paper's initial safeguard come first: on forget
+text every layer's hidden state is pushed toward a fixed random vector of its token id
+(1 − |cos|, mean over layers), with the next-token loss on retain text.
+
+As rmu/harden/distill.py: `check`, `build`, `fit` (the loop of `tar_step`), `write`;
+`python -m rmu.tar` (rmu/tar.py) runs them inside the run's folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rmu.config.checks import fail
+from rmu.data import batch_texts, tokenize
+from rmu.errors import TrainingError
+from rmu.evaluation.mcq import evaluate
+from rmu.evaluation.results import RunResults
+from rmu.harden.plan import TarPlan, plan_tar
+from rmu.models.loading import configure_tokenizer, load_model
+from rmu.report import write_report
+from rmu.run.checkpoint import staged_output
+from rmu.run.distributed import Ranks
+from rmu.run.fsdp import local_parameter_mib
+from rmu.run.progress import Progress
+from rmu.run.resume import Preemption, Resume
+from rmu.run.tracking import Tracker
+from rmu.unlearn.optim import Updater, learning_rate
+from rmu.unlearn.recipe import save_or_stop
+
+TEACHER_FILES = ("rmu_config.yaml", "metrics.jsonl", "control_vectors.safetensors")
+
+
+@dataclass
+class Tar:
+    """What `build` makes for `fit` and `write` (the names save_or_stop and rmu/run/lifecycle.py read)."""
+    cfg: DictConfig
+    plan: TarPlan
+    ranks: Ranks
+    model: torch.nn.Module  # trained in place
+    start: torch.nn.Module  # the starting model, frozen: the retain loss's reference
+    tokenizer: object
+    device: torch.device
+    updated: list[torch.Tensor]  # every parameter
+    updater: Updater  # the outer AdamW
+    mapping: torch.Tensor | None  # (vocabulary, hidden) fixed random vectors of the initial safeguard
+    tracker: Tracker
+    robust: None = None
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class Adversary:
+    data: str  # forget | retain | retain_then_forget
+    lr: float
+    switch: int  # retain_then_forget: the first inner step on forget text
+
+
+def next_token_mask(batch: dict) -> torch.Tensor:
+    """Positions whose next token is a real token (both it and the position not padding)."""
+    m = batch["attention_mask"]
+    return (m[:, :-1] * m[:, 1:]).float()
+
+
+def lm_loss(model, batch: dict) -> torch.Tensor:
+    """Mean next-token cross-entropy over the non-padding positions."""
+    logits = model(**batch).logits[:, :-1].float()
+    mask = next_token_mask(batch)
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["input_ids"][:, 1:], reduction="none")
+    return (ce * mask).sum() / mask.sum()
+
+
+def negative_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The tamper-resistance loss: mean over the masked positions of Σ_v p(v)·log p(v), the
+    negative entropy of the next-token distribution (minimising it keeps the model unsure)."""
+    logp = logits.float().log_softmax(-1)
+    per_position = (logp.exp() * logp).sum(-1)
+    return (per_position * mask).sum() / mask.sum()
+
+
+def tr_weight(i: int, k: int) -> float:
+    """The weight of the tamper-resistance loss after inner step i of K (0-based): 4·exp(0.0625·(i − K + 1))."""
+    return 4.0 * math.exp(0.0625 * (i - k + 1))
+
+
+def retain_loss(model, start, batch: dict) -> torch.Tensor:
+    """Next-token loss plus the mean over layers of the mean over tokens of ‖h − h_start‖₂."""
+    out = model(**batch, output_hidden_states=True)
+    with torch.no_grad():
+        ref = start(**batch, output_hidden_states=True).hidden_states
+    mask = batch["attention_mask"].float()
+    drift = torch.stack([((h.float() - r.float()).norm(dim=-1) * mask).sum() / mask.sum()
+                         for h, r in zip(out.hidden_states[1:], ref[1:])]).mean()
+    logits, m = out.logits[:, :-1].float(), next_token_mask(batch)
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["input_ids"][:, 1:], reduction="none")
+    return (ce * m).sum() / m.sum() + drift
+
+
+def random_mapping_loss(model, batch: dict, mapping: torch.Tensor) -> torch.Tensor:
+    """The initial safeguard's forget loss: mean over layers of the mean over tokens of
+    1 − |cos(h, r_id)|, r_id the fixed random vector of the token's id."""
+    hidden = model(**batch, output_hidden_states=True).hidden_states[1:]
+    targets = mapping[batch["input_ids"]].to(hidden[0].dtype)
+    mask = batch["attention_mask"].float()
+    per_layer = [((1 - torch.nn.functional.cosine_similarity(h.float(), targets.float(), dim=-1).abs()) * mask).sum()
+                 / mask.sum() for h in hidden]
+    return torch.stack(per_layer).mean()
+
+
+def sample_adversary(a, seed: int, step: int, k: int) -> Adversary:
+    """The adversary of outer step `step`: a function of (seed, step), so a resumed run meets
+    the same ones. `a` is tar.adversary (data kinds, lrs, switch_beta)."""
+    rng = random.Random(f"tar-{seed}-{step}")
+    data = rng.choice(list(a.data))
+    switch = int(rng.betavariate(*a.switch_beta) * k) if data == "retain_then_forget" else 0
+    return Adversary(data, rng.choice(list(a.lrs)), switch)
+
+
+def inner_texts(t: Tar, adv: Adversary, step: int, i: int) -> list[str]:
+    """The adversary's batch at inner step i of outer step `step`."""
+    c, plan = t.cfg.tar, t.plan
+    forget = adv.data == "forget" or (adv.data == "retain_then_forget" and i >= adv.switch)
+    corpora = plan.attack_forget if forget else plan.retain
+    corpus = corpora[(step + i) % len(corpora)]
+    return batch_texts(corpus, step * c.inner_steps + i, c.adversary.batch_size)
+
+
+def tamper_gradients(t: Tar, step: int, adv: Adversary) -> tuple[list[torch.Tensor], dict]:
+    """Run the adversary K steps from the current weights, adding up the weighted first-order
+    gradient of the tamper-resistance loss every `tr_every` steps; restore the weights.
+    Returns (the accumulated gradients, one per updated tensor; a record)."""
+    c, plan, params = t.cfg.tar, t.plan, t.updated
+    saved = [p.detach().clone() for p in params]
+    total = [torch.zeros_like(p) for p in params]
+    optimizer = torch.optim.AdamW(params, lr=adv.lr)  # a fresh attacker every outer step
+    heldout = tokenize(t.tokenizer, batch_texts(plan.tr_forget[step % len(plan.tr_forget)], step, c.tr_batch_size),
+                       plan.max_length, t.device)
+    tr_values = []
+    try:
+        for i in range(c.inner_steps):
+            batch = tokenize(t.tokenizer, inner_texts(t, adv, step, i), plan.max_length, t.device)
+            optimizer.zero_grad(set_to_none=True)
+            lm_loss(t.model, batch).backward()
+            optimizer.step()
+            if (i + 1) % c.tr_every == 0:
+                loss = negative_entropy(t.model(**heldout).logits[:, :-1], next_token_mask(heldout))
+                grads = torch.autograd.grad(tr_weight(i, c.inner_steps) * loss, params)
+                for acc, g in zip(total, grads):
+                    acc.add_(g)
+                tr_values.append(loss.item())
+    finally:
+        with torch.no_grad():  # θ as it was, whatever happened inside
+            for p, s in zip(params, saved):
+                p.copy_(s)
+            for p in params:
+                p.grad = None
+    return total, {"adversary": adv.data, "adversary_lr": adv.lr, "switch": adv.switch,
+                   "tr_loss_last": tr_values[-1] if tr_values else None}
+
+
+def tar_step(t: Tar, step: int, lr: float) -> dict:
+    """One outer step: the sampled adversary's tamper-resistance gradient plus the retain
+    gradient, one AdamW step. With K = 0 (tar.inner_steps) only the retain update remains."""
+    c, plan = t.cfg.tar, t.plan
+    for group in t.updater.optimizer.param_groups:
+        group["lr"] = lr
+    adv = sample_adversary(c.adversary, t.cfg.seed, step, c.inner_steps)
+    tr, record = tamper_gradients(t, step, adv)
+    retain = tokenize(t.tokenizer, batch_texts(plan.retain[step % len(plan.retain)], step, t.cfg.trainer.batch_size),
+                      plan.max_length, t.device)
+    loss = retain_loss(t.model, t.start, retain)
+    grads = torch.autograd.grad(c.retain_coef * loss, t.updated)
+    t.updater.apply([g + c.tr_coef * a for g, a in zip(grads, tr)])
+    return {"phase": "tar", "retain_loss": loss.item(), **record, "lr": lr}
+
+
+def safeguard_step(t: Tar, step: int, lr: float) -> dict:
+    """One step of the initial safeguard: random mapping on forget text, next-token loss on retain text."""
+    plan, bs = t.plan, t.cfg.trainer.batch_size
+    for group in t.updater.optimizer.param_groups:
+        group["lr"] = lr
+    forget = tokenize(t.tokenizer, batch_texts(plan.attack_forget[step % len(plan.attack_forget)], step, bs),
+                      plan.max_length, t.device)
+    retain = tokenize(t.tokenizer, batch_texts(plan.retain[step % len(plan.retain)], step, bs), plan.max_length,
+                      t.device)
+    mapping, lm = random_mapping_loss(t.model, forget, t.mapping), lm_loss(t.model, retain)
+    t.updater.step(mapping + lm)
+    return {"phase": "safeguard", "mapping_loss": mapping.item(), "retain_loss": lm.item(), "lr": lr}
+
+
+def check(cfg: DictConfig) -> tuple[TarPlan, Ranks]:
+    ranks = Ranks(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())
+    if ranks.size > 1:
+        fail("processes", ranks.size, "rmu.tar runs on one process (its inner adversary is sequential); launch it "
+                                      "without torchrun / accelerate")
+    plan = plan_tar(cfg)
+    missing = [name for name, _, _ in plan.eval_sets if name not in plan.teacher_results.eval]
+    if missing:
+        fail("eval.sets", [name for name, _, _ in plan.eval_sets],
+             f"the starting run's results.json has no base-model score for the set {missing[0]!r}; use the "
+             f"evaluation sets it was trained with")
+    return plan, ranks
+
+
+def setup(cfg: DictConfig) -> Tar:
+    return build(cfg, *check(cfg))
+
+
+def build(cfg: DictConfig, plan: TarPlan, ranks: Ranks) -> Tar:
+    model, tokenizer = load_model(cfg.model, cfg.seed)
+    tokenizer = configure_tokenizer(tokenizer, cfg.model, cfg.data)
+    device = next(model.parameters()).device
+    start = copy.deepcopy(model).requires_grad_(False).eval()
+    model.eval()  # no dropout: the adversary's and the retain passes see the same function
+    updated = [p.requires_grad_(True) for p in model.parameters()]
+    c = cfg.tar
+    updater = Updater(updated, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=0.0, master_weights=c.master_weights)
+    mapping = None
+    if c.safeguard_steps:
+        g = torch.Generator().manual_seed(cfg.seed)
+        mapping = torch.randn(model.config.vocab_size, model.config.hidden_size, generator=g).to(device)
+    ranks.print(f"rmu: TAR from {cfg.model.path}: {c.safeguard_steps} safeguard steps, then {c.outer_steps} outer "
+                f"steps of K = {c.inner_steps} adversary steps (tamper-resistance loss every {c.tr_every}); "
+                f"{plan.passes_per_step} forward/backward passes per outer step")
+    tracker = Tracker(cfg, True)
+    return Tar(cfg, plan, ranks, model, start, tokenizer, device, updated, updater, mapping, tracker)
+
+
+def fit(t: Tar, before: tuple, folder=None, preemption: Preemption | None = None) -> list[dict]:
+    """The safeguard steps, then the outer steps; resumable as rmu.train is (save_or_stop)."""
+    c, plan = t.cfg.tar, t.plan
+    rows, start = [], 0
+    if folder is not None and folder.state is not None:
+        Resume.restore(folder.state, t.updated, t.updater)
+        rows, start = folder.state["rows"], folder.state["step"]
+        t.ranks.print(f"rmu: resuming at step {start} from {folder.resume.folder}")
+    show = lambda r: {"phase": r["phase"], "retain": f"{r['retain_loss']:.4g}"}  # noqa: E731
+    progress = Progress(t.cfg.trainer.progress, start, plan.steps, name="tar", show=show)
+    try:
+        for step in range(start, plan.steps):
+            began = time.perf_counter()
+            if step < c.safeguard_steps:
+                record = safeguard_step(t, step, learning_rate(step, c.safeguard_steps, c.safeguard_lr, 0, 1.0))
+            else:
+                outer = step - c.safeguard_steps
+                record = tar_step(t, outer, learning_rate(outer, c.outer_steps, c.lr, c.warmup, c.final_lr_ratio))
+            record = {"step": step, **record, "seconds": round(time.perf_counter() - began, 3)}
+            rows.append(record)
+            t.tracker.step(record)
+            progress.update(record)
+            if folder is not None:
+                save_or_stop(t, folder, preemption, rows, before)
+    except TrainingError as e:
+        raise TrainingError(f"{e}{folder.resume.kept_note() if folder is not None else ''}") from None
+    finally:
+        progress.close()
+    return rows
+
+
+def evaluate_start(t: Tar) -> tuple[dict, None]:
+    return evaluate(t.start, t.tokenizer, t.plan.eval_sets, t.cfg.eval.batch_size), None
+
+
+def evaluate_trained(t: Tar) -> tuple[dict, None]:
+    t.model.eval()
+    return evaluate(t.model, t.tokenizer, t.plan.eval_sets, t.cfg.eval.batch_size), None
+
+
+def tar_results(t: Tar, rows: list[dict], before: tuple, after: tuple, seconds: dict) -> RunResults:
+    """results.json: the starting run's (how RMU made it) with this run's folder, times and
+    the scores after TAR against the original base model's, and a `tar` section."""
+    cfg, plan, c = t.cfg, t.plan, t.cfg.tar
+    results = copy.deepcopy(plan.teacher_results)
+    results.output_dir, results.seconds, results.harness = str(cfg.output_dir), seconds, None
+    results.processes, results.fsdp = 1, False
+    results.rank0_parameter_mib = round(local_parameter_mib(t.model), 3)
+    results.eval = {name: {"role": role, "base": plan.teacher_results.eval[name]["base"], "unlearned": after[0][name]}
+                    for name, role, _ in plan.eval_sets}
+    outer = [r for r in rows if r["phase"] == "tar"]
+    results.tar = {
+        "start": str(Path(cfg.model.path).expanduser().absolute()), "start_eval": before[0],
+        "safeguard_steps": c.safeguard_steps, "outer_steps": c.outer_steps, "inner_steps": c.inner_steps,
+        "tr_every": c.tr_every, "adversary": OmegaConf.to_container(c.adversary, resolve=True),
+        "passes_per_outer_step": plan.passes_per_step,
+        "seconds_per_outer_step": round(sum(r["seconds"] for r in outer) / len(outer), 3) if outer else None}
+    return results
+
+
+def write(t: Tar, rows: list[dict], before: tuple, after: tuple, seconds: dict, started: float,
+          folder=None) -> RunResults:
+    """The output folder, atomically: the weights, the starting run's RMU files as they are,
+    tar_config.yaml, tar_metrics.jsonl, results.json, eval_table.txt and the report."""
+    cfg, source = t.cfg, Path(t.cfg.model.path).expanduser()
+    t0 = time.perf_counter()
+    results = tar_results(t, rows, before, after, seconds)
+    with staged_output(cfg.output_dir, cfg.overwrite, t.run_id) as out:
+        t.model.save_pretrained(out, safe_serialization=True)
+        t.tokenizer.save_pretrained(out)
+        for name in TEACHER_FILES:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, out / name)
+        (out / "tar_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        with open(out / "tar_metrics.jsonl", "w") as log:
+            log.writelines(json.dumps(r) + "\n" for r in rows)
+        results.seconds["save"] = time.perf_counter() - t0
+        results.seconds["total"] = time.perf_counter() - started
+        results.write(out)
+        (out / "eval_table.txt").write_text(results.table() + "\n")
+        write_report(out)
+    if folder is not None:
+        folder.resume.clear()
+    t.tracker.finish(results)
+    return results

@@ -1,0 +1,66 @@
+"""`python -m rmu.tar` — tamper-resistant training (TAR) of an unlearned model.
+
+    python -m rmu.tar model.path=outputs/rmu-20261201-101500                  # a run on the bundled model
+    python -m rmu.tar model=lab_base data=lab eval=lab tar=lab model.path=<a lab RMU run>
+
+The start is a run folder written by rmu.train; the output is a run folder like it. The
+method is in rmu/harden/tar.py; this command runs it inside the run's own folder
+(rmu/run/folder.py), checked, locked and resumable, as rmu.train runs RMU. `tar(cfg)` is
+what the tests call.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from rmu.config.overrides import check_command_line
+from rmu.config.schema import CONF_DIR
+from rmu.evaluation.results import RunResults
+from rmu.export import prepare, push
+from rmu.harden.tar import build, check, evaluate_start, evaluate_trained, fit, write
+from rmu.run.cli import run_command
+from rmu.run.folder import RunFolder
+from rmu.run.lifecycle import Stages, run_to_end
+from rmu.run.signals import Stopped
+
+STAGES = Stages(before=evaluate_start, fit=fit, after=evaluate_trained, write=write)
+
+
+def tar(cfg: DictConfig) -> RunResults | None:
+    """Check, take the folder, score the start, train, score, write (and export when asked)."""
+    t0 = time.perf_counter()
+    auto_resume = OmegaConf.is_interpolation(cfg, "output_dir")
+    cfg.output_dir = str(cfg.output_dir)
+    plan, ranks = check(cfg)
+    with RunFolder(cfg, ranks, auto_resume) as folder:
+        run = build(cfg, plan, ranks)
+        results = run_to_end(run, folder, t0, STAGES)
+    print(results.table())
+    s, info = results.seconds, results.tar
+    print(f"rmu: wrote {cfg.output_dir} in {s['total']:.1f}s (train {s['train']:.1f}s: {info['outer_steps']} outer "
+          f"steps of {info['passes_per_outer_step']} passes, {info['seconds_per_outer_step']} s each)")
+    if cfg.export.repo_id:
+        try:
+            hub = prepare(cfg.output_dir, cfg.export.repo_id, overwrite=cfg.overwrite)
+        except Stopped as e:
+            e.note = (f"{cfg.output_dir} is written, its Hub folder is not: python -m rmu.export "
+                      f"checkpoint={cfg.output_dir} repo_id={cfg.export.repo_id} writes it")
+            raise
+        print(f"rmu: prepared the Hub folder {hub}")
+        if cfg.export.push:
+            print(f"rmu: pushed to {push(hub, cfg.export.repo_id, cfg.export.private)}")
+    return results
+
+
+@hydra.main(config_path=CONF_DIR, config_name="tar", version_base="1.3")
+def main(cfg: DictConfig) -> RunResults | None:
+    return run_command(tar, cfg)
+
+
+if __name__ == "__main__":
+    check_command_line("tar", sys.argv[1:])
+    main()
