@@ -1,6 +1,8 @@
 """`make robust` (experiments/robust/compare.py) end to end on the tiny model: 2 recipes ×
 1 seed, a tiny attack grid, killed mid-way and resumed."""
 
+import json
+import importlib.util
 import os
 import signal
 import subprocess
@@ -21,6 +23,12 @@ ATTACK = ["attack=all", "model@base=tiny_random", "eval.batch_size=32", "attack.
           "attack.ablate_unlearned.examples=8", "attack.in_context.shots=[0,1]"]
 
 
+# rmu.distill of the tiny model's run, in two steps of 2 rows × 32 tokens.
+DISTILL = ["model=tiny_random", "model.arch=null", "eval=bundled", "eval.batch_size=32", "trainer.batch_size=2",
+           "trainer.progress=false", "distill.seq_len=32", "distill.max_tokens=128", "distill.forget_fraction=0.5",
+           "distill.heldout=4", "distill.warmup=1"]
+
+
 def compare(config: Path, out: Path, **kw):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen([sys.executable, str(COMPARE), "--config", str(config), "--out", str(out)], cwd=ROOT,
@@ -32,7 +40,9 @@ def test_compare_two_recipes_resumes_after_a_kill(tmp_path):
     config = tmp_path / "recipes.yaml"
     config.write_text(yaml.safe_dump({
         "seeds": [0], "train": [*TINY, "eval=bundled", "eval.batch_size=32"],
-        "recipes": {"plain": [], "weak": ["rmu.alpha=1000", "trainer.max_steps=2"]}, "attack": ATTACK}))
+        "recipes": {"plain": [], "weak": ["rmu.alpha=1000", "trainer.max_steps=2"],
+                    "undo": {"teacher": "plain", "distill": ["distill.alpha=0.5"]}},
+        "distill": DISTILL, "pretrain_tokens": 1024, "attack": ATTACK}))
     out = tmp_path / "out"
     first = compare(config, out, start_new_session=True)
     plain_attack = out / "runs" / "plain" / "seed0-attack" / "results.json"
@@ -53,15 +63,20 @@ def test_compare_two_recipes_resumes_after_a_kill(tmp_path):
     assert plain_attack.stat().st_mtime_ns == attacked
     assert "model.path=" + str(out / "runs" / "plain" / "seed0") not in log
     assert (out / "runs" / "weak" / "seed0-attack" / "results.json").is_file()
+    distilled = json.loads((out / "runs" / "undo" / "seed0" / "results.json").read_text())
+    assert distilled["distill"]["teacher"] == str(out / "runs" / "plain" / "seed0") and distilled["distill"]["steps"] == 2
+    assert (out / "runs" / "undo" / "seed0-attack" / "results.json").is_file()
+    assert (out / "distill.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     md = (out / "results.md").read_text()
-    assert "| recipe | clean forget acc | general acc (% of base) | time / step (× plain) |" in md
+    assert "| recipe | clean forget acc | general acc (% of base) | training time (× plain) |" in md
     rows = {}  # the first table's row of each recipe
     for line in md.splitlines():
-        if line.startswith(("| plain |", "| weak |")):
+        if line.startswith(("| plain |", "| weak |", "| undo |")):
             rows.setdefault(line.split(" | ")[0].lstrip("| "), line)
-    assert set(rows) == {"plain", "weak"}
-    assert "| 1.00 |" in rows["plain"]  # time per step relative to itself
+    assert set(rows) == {"plain", "weak", "undo"}
+    assert "| 1.00 |" in rows["plain"]  # training time relative to itself
+    assert "`plain`, then `python -m rmu.distill" in md
     assert (out / "robust.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -99,15 +114,13 @@ def test_tune_picks_the_last_setting_that_unlearns_before_general_falls_below_th
 
 def robust_common():
     """experiments/robust/common.py, the module compare.py and tune.py share."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("robust_common", ROOT / "experiments" / "robust" / "common.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_the_shared_config_reader_and_resume_check(tmp_path):
+def test_the_shared_config_reader_and_resume_check(tmp_path, monkeypatch):
     common = robust_common()
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"seeds": [0], "recipes": {"a": []}, "train": [], "attack": [], "bogus": 1}))
@@ -116,6 +129,22 @@ def test_the_shared_config_reader_and_resume_check(tmp_path):
     bad.write_text(yaml.safe_dump({"seed": 0, "recipes": {"a b": [["x"]]}}))
     with pytest.raises(SystemExit, match="recipe name 'a b': letters, digits"):
         common.load_config(bad, ("seed", "recipes"))
+
+    # compare.py: a hardened recipe names an earlier trained recipe, and the file lists its command's overrides
+    monkeypatch.syspath_prepend(str(COMPARE.parent))  # compare.py imports its sibling common.py
+    compare_py = importlib.util.spec_from_file_location("compare", COMPARE)
+    module = importlib.util.module_from_spec(compare_py)
+    compare_py.loader.exec_module(module)
+    base = {"seeds": [0], "train": [], "attack": [], "distill": [], "tar": []}
+    for recipes, message in (({"a": {"teacher": "b", "distill": []}, "b": []}, "must be a trained recipe listed before"),
+                             ({"a": [], "b": {"teacher": "a", "tar": [], "distill": []}}, "a hardened recipe is"),
+                             ({"a": [], "b": {"teacher": "a", "tar": []}}, None)):
+        bad.write_text(yaml.safe_dump({**base, "recipes": recipes}))
+        if message is None:
+            assert module.hardening(module.read_config(bad)["recipes"]["b"]) == "tar"
+        else:
+            with pytest.raises(SystemExit, match=message):
+                module.read_config(bad)
 
     # compare.py: a recipe's runs resume only under the settings they were made with
     folder, settings = tmp_path / "rmu", {"train": ["a"], "attack": ["b"]}

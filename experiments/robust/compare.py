@@ -60,25 +60,35 @@ def read_attack(folder: Path) -> dict:
 
 
 def read_config(path: Path) -> dict:
-    """The recipes file. A recipe is a list of rmu.train overrides, or a distilled recipe
-    {teacher: <an earlier recipe>, distill: [rmu.distill overrides]} whose seed s distills
-    that recipe's seed s (the file's `distill` list is added to every one)."""
-    cfg = load_config(path, ("seeds", "recipes", "train", "attack"), optional=("work_dir", "distill", "pretrain_tokens"))
+    """The recipes file. A recipe is a list of rmu.train overrides, or a hardened recipe
+    {teacher: <an earlier recipe>, distill: [rmu.distill overrides]} (or tar: [rmu.tar
+    overrides]) whose seed s hardens that recipe's seed s (the file's `distill` or `tar` list
+    is added to every one)."""
+    cfg = load_config(path, ("seeds", "recipes", "train", "attack"),
+                      optional=("work_dir", "distill", "tar", "pretrain_tokens"))
     earlier = []
     for name, spec in cfg["recipes"].items():
         if isinstance(spec, dict):
-            if sorted(spec) != ["distill", "teacher"] or not isinstance(spec["distill"], list):
-                sys.exit(f"error: {path}: recipe {name}: a distilled recipe is {{teacher: <recipe>, distill: [overrides]}}")
+            kind = hardening(spec)
+            if kind is None or not isinstance(spec[kind], list):
+                sys.exit(f"error: {path}: recipe {name}: a hardened recipe is {{teacher: <recipe>, distill: [overrides]}}"
+                         f" or {{teacher: <recipe>, tar: [overrides]}}")
             if spec["teacher"] not in earlier or isinstance(cfg["recipes"][spec["teacher"]], dict):
                 sys.exit(f"error: {path}: recipe {name}: teacher {spec['teacher']!r} must be a trained recipe listed "
                          f"before it ({', '.join(r for r in earlier if isinstance(cfg['recipes'][r], list)) or 'none'})")
-            if "distill" not in cfg:
-                sys.exit(f"error: {path}: recipe {name} distills: the file needs a `distill` list of the overrides "
-                         f"every rmu.distill run gets (model, data, eval, distill group)")
+            if kind not in cfg:
+                sys.exit(f"error: {path}: recipe {name} runs rmu.{kind}: the file needs a `{kind}` list of the "
+                         f"overrides every rmu.{kind} run gets (model, data, eval, {kind} group)")
         elif not isinstance(spec, list):
             sys.exit(f"error: {path}: recipe {name}: a list of rmu.train overrides, or {{teacher:, distill:}}")
         earlier.append(name)
     return cfg
+
+
+def hardening(spec: dict) -> str | None:
+    """`distill` or `tar` for a hardened recipe's {teacher:, <kind>:} mapping; None if it is not one."""
+    kinds = [k for k in ("distill", "tar") if k in spec]
+    return kinds[0] if len(kinds) == 1 and sorted(spec) == sorted(["teacher", kinds[0]]) else None
 
 
 def run_all(cfg: dict, work: Path, launcher: str | None) -> None:
@@ -86,12 +96,12 @@ def run_all(cfg: dict, work: Path, launcher: str | None) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for recipe, spec in cfg["recipes"].items():
         folder = work / recipe
-        if isinstance(spec, dict):  # distill the teacher recipe's seed s into this recipe's seed s
-            teacher = work / spec["teacher"]
-            overrides = [*cfg["distill"], *spec["distill"]]
-            same_settings(folder, {"teacher": [*cfg["train"], *cfg["recipes"][spec["teacher"]]], "distill": overrides,
+        if isinstance(spec, dict):  # harden the teacher recipe's seed s into this recipe's seed s
+            kind, teacher = hardening(spec), work / spec["teacher"]
+            overrides = [*cfg[kind], *spec[kind]]
+            same_settings(folder, {"teacher": [*cfg["train"], *cfg["recipes"][spec["teacher"]]], kind: overrides,
                                    "attack": cfg["attack"]}, "robust")
-            module, source = "rmu.distill", [f"model.path={teacher}/seed${{seed}}"]
+            module, source = f"rmu.{kind}", [f"model.path={teacher}/seed${{seed}}"]
         else:
             overrides = [*cfg["train"], *spec]
             same_settings(folder, {"train": overrides, "attack": cfg["attack"]}, "robust")
@@ -125,9 +135,9 @@ def collect(cfg: dict, work: Path) -> dict:
         seeds = []
         for s in cfg["seeds"]:
             run = RunResults.read(work / recipe / f"seed{s}")
-            # A distilled recipe's training is its teacher's RMU run and the distillation.
+            # A hardened recipe's training is its teacher's RMU run and the hardening.
             train_s = run.seconds["train"] + (RunResults.read(work / spec["teacher"] / f"seed{s}").seconds["train"]
-                                              if run.distill else 0.0)
+                                              if isinstance(spec, dict) else 0.0)
             attack = read_attack(work / recipe / f"seed{s}-attack")
             retain = [e["base"]["acc"] for e in run.eval.values() if e["role"] == "retain"]
             seeds.append({"forget": run.mean_unlearned_acc("forget"), "general": run.mean_unlearned_acc("retain"),
@@ -215,13 +225,13 @@ def results_md(cfg: dict, data: dict, command: str = COMMAND) -> str:
                                                    for a in attacks) + " |")
     if any(v is not None for seeds in data.values() for s in seeds for v in s["excess"].values()):
         lines += excess_md(data, attacks)
-    lines += ["", "Recipes (overrides of `python -m rmu.train`; a distilled recipe: `python -m rmu.distill` "
-                  "of its teacher recipe's model, seed by seed):", ""]
+    lines += ["", "Recipes (overrides of `python -m rmu.train`; a hardened recipe: `python -m rmu.distill` or "
+                  "`python -m rmu.tar` of its teacher recipe's model, seed by seed):", ""]
     lines += [f"- `{r}`: `{' '.join(o) or '(defaults)'}`" if isinstance(o, list) else
-              f"- `{r}`: `{o['teacher']}` distilled with `{' '.join(cfg['distill'] + o['distill'])}`"
+              f"- `{r}`: `{o['teacher']}`, then `python -m rmu.{hardening(o)} {' '.join(cfg[hardening(o)] + o[hardening(o)])}`"
               for r, o in cfg["recipes"].items()]
     lines += ["", f"Attacks: `python -m rmu.attack {' '.join(cfg['attack'])}`", "", "![recipes](robust.png)", ""]
-    if "pretrain_tokens" in cfg and any(isinstance(r, dict) for r in cfg["recipes"].values()):
+    if "pretrain_tokens" in cfg and any(isinstance(r, dict) and "distill" in r for r in cfg["recipes"].values()):
         lines += ["![distillation: robustness against compute](distill.png)", ""]
     if any(s["curves"] for seeds in data.values() for s in seeds):
         lines += ["![relearning curves](relearning.png)", ""]
@@ -288,7 +298,7 @@ def plot_distill(cfg: dict, data: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     lines, teachers = {}, set()
     for recipe, spec in cfg["recipes"].items():
-        if isinstance(spec, dict):
+        if isinstance(spec, dict) and hardening(spec) == "distill":
             seeds = data[recipe]
             teachers.add(spec["teacher"])
             x = median(s["distill"]["tokens"] for s in seeds) / cfg["pretrain_tokens"]
@@ -352,7 +362,7 @@ def main(argv=None) -> None:
         write_output_file(args.out / "robust.png", lambda tmp: plot(data, tmp), args.command)
         if any(s["curves"] for seeds in data.values() for s in seeds):
             write_output_file(args.out / "relearning.png", lambda tmp: plot_curves(data, tmp), args.command)
-        if "pretrain_tokens" in cfg and any(isinstance(r, dict) for r in cfg["recipes"].values()):
+        if "pretrain_tokens" in cfg and any(isinstance(r, dict) and "distill" in r for r in cfg["recipes"].values()):
             write_output_file(args.out / "distill.png", lambda tmp: plot_distill(cfg, data, tmp), args.command)
     except RmuError as e:
         sys.exit(f"error: {e}")
