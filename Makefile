@@ -25,11 +25,15 @@ install: $(STAMP)  ## create .venv and install rmu with lm-eval, its test tools 
 demo: install  ## unlearn chem + astro from the bundled SmolLM2-135M on CPU, print before/after
 	$(PY) -m rmu.train
 
+# Two workers (pytest-xdist), one torch thread each: the suite's many short commands spend most
+# of their time starting Python and loading torch on one core; TEST_WORKERS=1 runs it serially.
+TEST_WORKERS ?= 2
+
 test: install  ## the whole test suite (unit, CLI and end-to-end on the bundled model)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: install  ## the inner loop: everything but e2e, slow, distributed and slurm tests (< 3 min)
-	$(PY) -m pytest -q -m "not e2e and not slow and not distributed and not slurm"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not e2e and not slow and not distributed and not slurm"
 
 bench: install  ## time the RMU step against the reference loop on the bundled model (CPU, ~15 min)
 	$(PY) experiments/bench/bench.py

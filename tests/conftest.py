@@ -22,6 +22,15 @@ from rmu.config.schema import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# `make test` runs the suite on two workers (pytest-xdist): one torch thread each, and in every
+# command a test starts, so that two workers on two cores do not fight over them (two threads per
+# process on a shared 2-core machine ran 3x slower than one, docs/lab.md).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 # Nothing in the suite may reach the Hugging Face Hub: models and data are local files.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
