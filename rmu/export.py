@@ -126,7 +126,7 @@ def model_card(run_cfg: dict, results: RunResults, repo_id: str, adapter: bool):
     distilled = results.distill
     data = ModelCardData(base_model=base_model, library_name="peft" if adapter else "transformers",
                          tags=["unlearning", "rmu", "wmdp"] + (["lora"] if adapter else []) +
-                              (["distillation"] if distilled else []),
+                              (["distillation"] if distilled else []) + (["tar"] if results.tar else []),
                          datasets=datasets or None, model_name=repo_id.split("/")[-1],
                          eval_results=_eval_results(results) or None)
     robust = run_cfg.get("robust") or {}  # runs written before the robust variants have no section
@@ -144,7 +144,7 @@ Li et al. 2024, "The WMDP Benchmark"), made with the `rmu` trainer, for the
 forget topics {', '.join(results.topics)}. RMU pushes the activations of one decoder
 layer on forget-topic text {describe_targets(robust.get("targets", "topic"))} and keeps them
 unchanged on retain text; it is meant to remove the knowledge, not to refuse. Check the
-robustness of the removal before relying on it.{distillation_text(distilled)}
+robustness of the removal before relying on it.{distillation_text(distilled)}{tar_text(results.tar)}
 
 ## How it was made
 
@@ -178,6 +178,19 @@ model with every weight matrix shrunk by (1 − α) and noised (α·β × Xavier
 every vector shrunk by (1 − α), α = {d['alpha']}, β = {d['beta']}, and was trained for
 {d['tokens']} tokens to match the unlearned model's next-token distributions (forward KL) on
 forget-domain and retain text. The accuracies below are the student's."""
+
+
+def tar_text(t: dict | None) -> str:
+    """The card's paragraph on tamper-resistant training, for a model rmu.tar made (empty otherwise)."""
+    if not t:
+        return ""
+    return f"""
+
+It was then trained with TAR (Tamirisa et al. 2025, "Tamper-Resistant Safeguards for Open-Weight
+LLMs"): {t['outer_steps']} outer steps, each letting a sampled fine-tuning adversary run
+{t['inner_steps']} steps and training the weights so that the adversary's result stays unsure on
+held-out forget text, while a retain loss keeps general ability (`tar_config.yaml`,
+`tar_metrics.jsonl`). TAR resists the attacks it trained against; check others before relying on it."""
 
 
 def distillation_table(d: dict | None) -> str:

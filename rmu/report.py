@@ -56,25 +56,32 @@ def plot(out: Path, rows: list[dict], results: RunResults) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"RMU on {results.model}: hooked layer {results.layer_id}, {results.steps} steps" +
                  (f"; then distilled into a student damaged with α {results.distill['alpha']} (accuracy: the student)"
-                  if results.distill else ""))
+                  if results.distill else "") +
+                 (f"; then TAR, {results.tar['outer_steps']} outer steps (accuracy: after TAR)" if results.tar else ""))
     fig.tight_layout()
     fig.savefig(out, dpi=110, format="png")
     plt.close(fig)
 
 
 def summary(rows: list[dict], results: RunResults) -> str:
-    d = results.distill
-    lines = [f"# RMU run: {results.model}" if d is None else f"# RMU, then distillation: {results.model}", "",
+    d, t = results.distill, results.tar
+    title = "RMU run" if not (d or t) else "RMU, then distillation" if d else "RMU, then TAR"
+    lines = [f"# {title}: {results.model}", "",
              f"- hooked layer {results.layer_id}, updated {', '.join(results.updated_parameters)}",
              f"- topics {', '.join(results.topics)}, steering coefficients "
              f"{', '.join(f'{c:.4g}' for c in results.steering_coeff)}, α {', '.join(f'{a:g}' for a in results.alpha)}",
-             f"- {results.steps} steps in {results.seconds['train']:.1f} s" if d is None else
-             f"- {results.steps} RMU steps made the teacher {d['teacher']}; the accuracies below are the student's",
+             f"- {results.steps} steps in {results.seconds['train']:.1f} s" if not (d or t) else
+             f"- {results.steps} RMU steps made the starting model {(d or {}).get('teacher') or t['start']}; "
+             f"the accuracies below are after {'distillation' if d else 'TAR'}",
              *([] if d is None else [
                  f"- distilled into a copy of the teacher damaged with alpha {d['alpha']}, beta {d['beta']}: "
                  f"{d['steps']} steps, {d['tokens']} tokens in {results.seconds['train']:.1f} s, stopped by "
                  f"{d['stopped']}; held-out retain CE {d['student_retain_ce']:.4f} (teacher {d['teacher_retain_ce']:.4f}); "
-                 f"distill_config.yaml and distill_metrics.jsonl have the rest"])]
+                 f"distill_config.yaml and distill_metrics.jsonl have the rest"]),
+             *([] if t is None else [
+                 f"- TAR: {t['safeguard_steps']} safeguard steps, {t['outer_steps']} outer steps of K = {t['inner_steps']} "
+                 f"adversary steps in {results.seconds['train']:.1f} s ({t['seconds_per_outer_step']} s and "
+                 f"{t['passes_per_outer_step']} passes per outer step); tar_config.yaml and tar_metrics.jsonl have the rest"])]
     for topic in results.topics:
         mine = [r for r in rows if r["topic"] == topic]
         if not mine:  # never trained: the run had fewer steps than topics

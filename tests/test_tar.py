@@ -105,6 +105,10 @@ def test_a_tar_run_folder_says_how_it_was_made(start, tmp_path):
     assert info["passes_per_outer_step"] == 4 + 2 + 1 and info["inner_steps"] == 4 and info["safeguard_steps"] == 2
     assert (out / "rmu_config.yaml").read_text() == (start / "rmu_config.yaml").read_text()
     assert results.tar["seconds_per_outer_step"] > 0 and (out / "report.md").is_file()
+    from rmu.export import prepare
+
+    card = (prepare(out, "me/tiny-tar") / "README.md").read_text()
+    assert "trained with TAR" in card and "2 outer steps" in card
 
 
 def test_bad_tar_settings_are_refused_by_name(start, tmp_path):
