@@ -25,11 +25,21 @@ ROOT = Path(__file__).resolve().parents[1]
 # `make test` runs the suite on two workers (pytest-xdist): one torch thread each, and in every
 # command a test starts, so that two workers on two cores do not fight over them (two threads per
 # process on a shared 2-core machine ran 3x slower than one, docs/lab.md).
+# Each worker also gets its own $RMU_CACHE: every command cleans what killed commands left anywhere
+# it can see (their notes in $RMU_CACHE/staging), and under another worker that would be a test's
+# killed run in progress. The converted GGUF model stays shared.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ["OMP_NUM_THREADS"] = "1"
+    import tempfile
+
     import torch
 
+    os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+    _shared = Path(os.environ.get("RMU_CACHE") or Path.home() / ".cache" / "rmu") / "gguf"
+    _shared.mkdir(parents=True, exist_ok=True)
+    _own = Path(tempfile.mkdtemp(prefix=f"rmu-cache-{os.environ['PYTEST_XDIST_WORKER']}-"))
+    (_own / "gguf").symlink_to(_shared)
+    os.environ["RMU_CACHE"] = str(_own)
 
 # Nothing in the suite may reach the Hugging Face Hub: models and data are local files.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

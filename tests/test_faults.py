@@ -362,7 +362,7 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path):
     proc = run_cli("rmu.train", *[o for o in TINY if o != "trainer.progress=false"], f"output_dir={tmp_path / 'r'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "\r" not in proc.stdout + proc.stderr
-    assert "rmu: step 4/4 astro forget" in proc.stderr
+    assert "rmu: step 4/4 topic astro forget" in proc.stderr
 
 
 def test_the_readme_table_lists_every_case_tested_here():

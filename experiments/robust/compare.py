@@ -286,6 +286,11 @@ def worst_excess(seed: dict) -> float | None:
     return max((v for v in seed["excess"].values() if v is not None), default=None)
 
 
+def worst_against(seed: dict, oracle: bool) -> float | None:
+    """The worst excess recovery over the oracle, or without one the worst gap_recovered."""
+    return worst_excess(seed) if oracle else worst(seed)
+
+
 def plot_distill(cfg: dict, data: dict, path: Path) -> None:
     """distill.png: worst excess recovery over the oracle (median over seeds) against the
     distillation tokens as a fraction of the base model's pretraining tokens, one line per
@@ -296,20 +301,27 @@ def plot_distill(cfg: dict, data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    oracle = any(v is not None for seeds in data.values() for s in seeds for v in s["excess"].values())
     lines, teachers = {}, set()
     for recipe, spec in cfg["recipes"].items():
         if isinstance(spec, dict) and hardening(spec) == "distill":
             seeds = data[recipe]
             teachers.add(spec["teacher"])
             x = median(s["distill"]["tokens"] for s in seeds) / cfg["pretrain_tokens"]
-            lines.setdefault(seeds[0]["distill"]["alpha"], []).append((x, median(worst_excess(s) for s in seeds)))
+            y = median(worst_against(s, oracle) for s in seeds)
+            if y is not None:
+                lines.setdefault(seeds[0]["distill"]["alpha"], []).append((x, y))
     for alpha, points in sorted(lines.items()):
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"distilled, α = {alpha}")
     for teacher in sorted(teachers):
-        ax.axhline(median(worst_excess(s) for s in data[teacher]), ls="--", color="grey", label=f"{teacher} (the teacher)")
-    ax.axhline(0, color="black", lw=1, label="oracle (data-filtered)")
-    ax.set(xlabel="distillation tokens / base model's pretraining tokens", ylabel="worst excess recovery over the oracle",
+        level = median(worst_against(s, oracle) for s in data[teacher])
+        if level is not None:
+            ax.axhline(level, ls="--", color="grey", label=f"{teacher} (the teacher)")
+    if oracle:
+        ax.axhline(0, color="black", lw=1, label="oracle (data-filtered)")
+    ax.set(xlabel="distillation tokens / base model's pretraining tokens",
+           ylabel="worst excess recovery over the oracle" if oracle else "worst gap_recovered (no oracle)",
            title="Distillation: robustness against compute (median over seeds)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
