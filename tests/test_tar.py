@@ -120,5 +120,5 @@ def test_bad_tar_settings_are_refused_by_name(start, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_then_restart_ends_with_the_weights_of_an_uninterrupted_tar_run(start, tmp_path):
-    args = tar_args(start, "tar.outer_steps=60", "trainer.save_every=5")
-    sigterm_then_resume(tmp_path, args, module="rmu.tar", steps=60, metrics="tar_metrics.jsonl")
+    args = tar_args(start, "tar.outer_steps=30", "trainer.save_every=3")
+    sigterm_then_resume(tmp_path, args, module="rmu.tar", steps=30, metrics="tar_metrics.jsonl")

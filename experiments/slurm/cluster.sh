@@ -35,7 +35,7 @@ install_packages() {
 write_conf() {
   local host cpus mem_mb
   host=$(hostname -s)
-  cpus=$(nproc)
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys OMP_NUM_THREADS; the node has them all
   mem_mb=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
   mkdir -p "$DIR/state" "$DIR/spool" "$DIR/munge"
   cat >"$CONF" <<CONF
