@@ -21,12 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from rmu.config.overrides import check_command_line
 from rmu.config.schema import CONF_DIR
 from rmu.evaluation.results import RunResults
-from rmu.export import prepare, push
+from rmu.export import export_run
 from rmu.harden.distill import build, check, evaluate_student, evaluate_teacher, fit, write
 from rmu.run.cli import run_command
 from rmu.run.folder import RunFolder
 from rmu.run.lifecycle import Stages, run_to_end
-from rmu.run.signals import Stopped
 
 STAGES = Stages(before=evaluate_teacher, fit=fit, after=evaluate_student, write=write)
 
@@ -48,16 +47,7 @@ def distill(cfg: DictConfig) -> RunResults | None:
     print(f"rmu: wrote {cfg.output_dir} in {s['total']:.1f}s (train {s['train']:.1f}s: {info['steps']} steps, "
           f"{info['tokens']} tokens, {info['tokens_per_s']} tokens/s; stopped by {info['stopped']}; retain CE "
           f"{info['student_retain_ce']:.4f}, teacher {info['teacher_retain_ce']:.4f})")
-    if cfg.export.repo_id:
-        try:
-            hub = prepare(cfg.output_dir, cfg.export.repo_id, overwrite=cfg.overwrite)
-        except Stopped as e:
-            e.note = (f"{cfg.output_dir} is written, its Hub folder is not: python -m rmu.export "
-                      f"checkpoint={cfg.output_dir} repo_id={cfg.export.repo_id} writes it")
-            raise
-        print(f"rmu: prepared the Hub folder {hub}")
-        if cfg.export.push:
-            print(f"rmu: pushed to {push(hub, cfg.export.repo_id, cfg.export.private)}")
+    export_run(cfg)  # a Hub folder next to the run folder when export.repo_id is set, the upload if asked
     return results
 
 

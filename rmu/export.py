@@ -32,6 +32,7 @@ from rmu.run.checkpoint import (MARKER, check_output_dir, check_writable, clean_
                                 staged_output)
 from rmu.run.cli import run_command
 from rmu.run.lock import OutputLock, held
+from rmu.run.signals import Stopped
 from rmu.unlearn.robust import active_stages, describe_targets
 
 # lm-eval tasks whose data lives on the Hub: (dataset id, config) for the model-index.
@@ -253,6 +254,22 @@ def prepare(checkpoint: str | Path, repo_id: str, output_dir: str | Path | None 
                     shutil.copy2(f, tmp / f.name)
             card.save(tmp / "README.md")
     return target.absolute()
+
+
+def export_run(cfg) -> None:
+    """After a training command (rmu.train, rmu.distill, rmu.tar) wrote `cfg.output_dir`: its Hub
+    folder `<output_dir>-hub` when `cfg.export.repo_id` is set, and the upload when `export.push`."""
+    if not cfg.export.repo_id:
+        return
+    try:
+        hub = prepare(cfg.output_dir, cfg.export.repo_id, overwrite=cfg.overwrite)
+    except Stopped as e:
+        e.note = (f"{cfg.output_dir} is written, its Hub folder is not: python -m rmu.export "
+                  f"checkpoint={cfg.output_dir} repo_id={cfg.export.repo_id} writes it")
+        raise
+    print(f"rmu: prepared the Hub folder {hub}")
+    if cfg.export.push:
+        print(f"rmu: pushed to {push(hub, cfg.export.repo_id, cfg.export.private)}")
 
 
 def push(folder: Path, repo_id: str, private: bool) -> str:

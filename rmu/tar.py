@@ -20,12 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from rmu.config.overrides import check_command_line
 from rmu.config.schema import CONF_DIR
 from rmu.evaluation.results import RunResults
-from rmu.export import prepare, push
+from rmu.export import export_run
 from rmu.harden.tar import build, check, evaluate_start, evaluate_trained, fit, write
 from rmu.run.cli import run_command
 from rmu.run.folder import RunFolder
 from rmu.run.lifecycle import Stages, run_to_end
-from rmu.run.signals import Stopped
 
 STAGES = Stages(before=evaluate_start, fit=fit, after=evaluate_trained, write=write)
 
@@ -43,16 +42,7 @@ def tar(cfg: DictConfig) -> RunResults | None:
     s, info = results.seconds, results.tar
     print(f"rmu: wrote {cfg.output_dir} in {s['total']:.1f}s (train {s['train']:.1f}s: {info['outer_steps']} outer "
           f"steps of {info['passes_per_outer_step']} passes, {info['seconds_per_outer_step']} s each)")
-    if cfg.export.repo_id:
-        try:
-            hub = prepare(cfg.output_dir, cfg.export.repo_id, overwrite=cfg.overwrite)
-        except Stopped as e:
-            e.note = (f"{cfg.output_dir} is written, its Hub folder is not: python -m rmu.export "
-                      f"checkpoint={cfg.output_dir} repo_id={cfg.export.repo_id} writes it")
-            raise
-        print(f"rmu: prepared the Hub folder {hub}")
-        if cfg.export.push:
-            print(f"rmu: pushed to {push(hub, cfg.export.repo_id, cfg.export.private)}")
+    export_run(cfg)  # a Hub folder next to the run folder when export.repo_id is set, the upload if asked
     return results
 
 

@@ -22,11 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from rmu.config.overrides import check_command_line
 from rmu.config.schema import CONF_DIR
 from rmu.evaluation.results import RunResults
-from rmu.export import prepare, push
+from rmu.export import export_run
 from rmu.run.cli import run_command
 from rmu.run.folder import RunFolder
 from rmu.run.lifecycle import Stages, run_to_end
-from rmu.run.signals import Stopped
 from rmu.unlearn.recipe import build, check, evaluate_run, fit, write_run
 
 # What run_to_end (rmu/run/lifecycle.py) calls: the base model scored, RMU, the unlearned model scored, written.
@@ -52,16 +51,7 @@ def train(cfg: DictConfig) -> RunResults | None:
     s = results.seconds
     print(f"rmu: wrote {cfg.output_dir} in {s['total']:.1f}s (load {s['load']:.1f}s, eval {s['eval_before']:.1f}s + "
           f"{s['eval_after']:.1f}s, train {s['train']:.1f}s for {plan.steps} steps, save {s['save']:.1f}s)")
-    if cfg.export.repo_id:  # a Hub folder next to the run folder, and the upload if asked
-        try:
-            hub = prepare(cfg.output_dir, cfg.export.repo_id, overwrite=cfg.overwrite)
-        except Stopped as e:
-            e.note = (f"{cfg.output_dir} is written, its Hub folder is not: python -m rmu.export "
-                      f"checkpoint={cfg.output_dir} repo_id={cfg.export.repo_id} writes it")
-            raise
-        print(f"rmu: prepared the Hub folder {hub}")
-        if cfg.export.push:
-            print(f"rmu: pushed to {push(hub, cfg.export.repo_id, cfg.export.private)}")
+    export_run(cfg)  # a Hub folder next to the run folder when export.repo_id is set, the upload if asked
     return results
 
 
