@@ -92,6 +92,26 @@ def read_teacher(cfg: DictConfig) -> tuple[dict, RunResults]:
     return config, RunResults.read(folder)
 
 
+def check_start(cfg: DictConfig) -> tuple[dict, RunResults, object, list]:
+    """What distillation and TAR check alike, in order: the model, data, evaluation and export
+    sections, the starting run folder, the model's config, the evaluation sets, the output
+    folder (and its -hub folder). Returns (the run's config, its results, the model's
+    transformers config, the evaluation sets)."""
+    check_model(cfg.model)
+    check_data(cfg.data)
+    check_eval(cfg.eval)
+    if cfg.export.repo_id is not None or cfg.export.push:
+        check_export_target(cfg.export, "export.")
+    teacher_config, teacher_results = read_teacher(cfg)
+    config = read_model_config(cfg.model, "model")
+    eval_sets = load_eval_sets(cfg.eval)
+    check_output_dir(cfg.output_dir, cfg.overwrite, protected=(cfg.model.path,))
+    if cfg.export.repo_id:
+        check_output_dir(cfg.output_dir.rstrip("/") + "-hub", cfg.overwrite, protected=(cfg.model.path,),
+                         key="output_dir (its -hub folder)")
+    return teacher_config, teacher_results, config, eval_sets
+
+
 def plan_distill(cfg: DictConfig, processes: int) -> DistillPlan:
     """The checks in the order a user wants to hear of them; nothing here loads weights."""
     check_values(cfg)
@@ -191,18 +211,7 @@ def check_tar_values(cfg: DictConfig) -> None:
 def plan_tar(cfg: DictConfig) -> TarPlan:
     """The checks of `python -m rmu.tar` in the order a user wants to hear of them; nothing here loads weights."""
     check_tar_values(cfg)
-    check_model(cfg.model)
-    check_data(cfg.data)
-    check_eval(cfg.eval)
-    if cfg.export.repo_id is not None or cfg.export.push:
-        check_export_target(cfg.export, "export.")
-    teacher_config, teacher_results = read_teacher(cfg)
-    config = read_model_config(cfg.model, "model")
-    eval_sets = load_eval_sets(cfg.eval)
-    check_output_dir(cfg.output_dir, cfg.overwrite, protected=(cfg.model.path,))
-    if cfg.export.repo_id:
-        check_output_dir(cfg.output_dir.rstrip("/") + "-hub", cfg.overwrite, protected=(cfg.model.path,),
-                         key="output_dir (its -hub folder)")
+    teacher_config, teacher_results, config, eval_sets = check_start(cfg)
     forget, retain = load_corpora(cfg.data)
     retain = list({id(c): c for c in retain}.values())
     attack, held = [], []
