@@ -5,5 +5,5 @@
   2025), the recipe `python -m rmu.distill` runs (rmu/distill.py);
 - `tar.py`: tamper-resistant training against sampled fine-tuning adversaries (TAR,
   Tamirisa et al. 2025), the recipe `python -m rmu.tar` runs (rmu/tar.py);
-- `plan.py`: what both check before any weights load.
+- `plan.py`: what both check before any weights load; `output.py`: the run folder both write.
 """

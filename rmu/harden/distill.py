@@ -16,15 +16,12 @@ run's folder.
 from __future__ import annotations
 
 import copy
-import json
-import shutil
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from rmu.config.checks import fail
 from rmu.data import TokenStream, tokenize
@@ -32,10 +29,9 @@ from rmu.errors import TrainingError
 from rmu.evaluation.mcq import evaluate
 from rmu.evaluation.results import RunResults
 from rmu.harden.noise import damage
+from rmu.harden.output import write_hardened
 from rmu.harden.plan import DistillPlan, plan_distill
 from rmu.models.loading import configure_tokenizer, load_model
-from rmu.report import write_report
-from rmu.run.checkpoint import staged_output
 from rmu.run.distributed import Ranks
 from rmu.run.fsdp import local_parameter_mib
 from rmu.run.progress import Progress
@@ -43,9 +39,6 @@ from rmu.run.resume import Preemption, Resume
 from rmu.run.tracking import Tracker
 from rmu.unlearn.optim import Updater, learning_rate
 from rmu.unlearn.recipe import save_or_stop
-
-# The teacher's files the distilled folder keeps as they are: they say how RMU made the teacher.
-TEACHER_FILES = ("rmu_config.yaml", "metrics.jsonl", "control_vectors.safetensors")
 
 
 @dataclass
@@ -260,28 +253,5 @@ def write(d: Distill, rows: list[dict], before: tuple, after: tuple, seconds: di
     """The output folder, atomically, on rank 0: the student's weights and tokenizer, the
     teacher's RMU files as they are (TEACHER_FILES), distill_config.yaml, distill_metrics.jsonl,
     results.json, eval_table.txt and the report."""
-    cfg, teacher = d.cfg, Path(d.cfg.model.path).expanduser()
-    t0 = time.perf_counter()
-
-    def publish() -> RunResults:
-        results = distill_results(d, rows, before, after, seconds)
-        with staged_output(cfg.output_dir, cfg.overwrite, d.run_id) as out:
-            d.model.save_pretrained(out, safe_serialization=True)
-            d.tokenizer.save_pretrained(out)
-            for name in TEACHER_FILES:
-                if (teacher / name).is_file():
-                    shutil.copyfile(teacher / name, out / name)
-            (out / "distill_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-            with open(out / "distill_metrics.jsonl", "w") as log:
-                log.writelines(json.dumps(r) + "\n" for r in rows)
-            results.seconds["save"] = time.perf_counter() - t0
-            results.seconds["total"] = time.perf_counter() - started
-            results.write(out)
-            (out / "eval_table.txt").write_text(results.table() + "\n")
-            write_report(out)
-        if folder is not None:
-            folder.resume.clear()
-        d.tracker.finish(results)
-        return results
-
-    return d.ranks.on_main(publish)
+    return d.ranks.on_main(lambda: write_hardened(d, "distill", distill_results(d, rows, before, after, seconds),
+                                                  rows, started, folder))

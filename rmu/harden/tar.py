@@ -22,10 +22,8 @@ As rmu/harden/distill.py: `check`, `build`, `fit` (the loop of `tar_step`), `wri
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,10 +37,9 @@ from rmu.data import batch_texts, tokenize
 from rmu.errors import TrainingError
 from rmu.evaluation.mcq import evaluate
 from rmu.evaluation.results import RunResults
+from rmu.harden.output import write_hardened
 from rmu.harden.plan import TarPlan, plan_tar
 from rmu.models.loading import configure_tokenizer, load_model
-from rmu.report import write_report
-from rmu.run.checkpoint import staged_output
 from rmu.run.distributed import Ranks
 from rmu.run.fsdp import local_parameter_mib
 from rmu.run.progress import Progress
@@ -50,8 +47,6 @@ from rmu.run.resume import Preemption, Resume
 from rmu.run.tracking import Tracker
 from rmu.unlearn.optim import Updater, learning_rate
 from rmu.unlearn.recipe import save_or_stop
-
-TEACHER_FILES = ("rmu_config.yaml", "metrics.jsonl", "control_vectors.safetensors")
 
 
 @dataclass
@@ -313,24 +308,4 @@ def write(t: Tar, rows: list[dict], before: tuple, after: tuple, seconds: dict, 
           folder=None) -> RunResults:
     """The output folder, atomically: the weights, the starting run's RMU files as they are,
     tar_config.yaml, tar_metrics.jsonl, results.json, eval_table.txt and the report."""
-    cfg, source = t.cfg, Path(t.cfg.model.path).expanduser()
-    t0 = time.perf_counter()
-    results = tar_results(t, rows, before, after, seconds)
-    with staged_output(cfg.output_dir, cfg.overwrite, t.run_id) as out:
-        t.model.save_pretrained(out, safe_serialization=True)
-        t.tokenizer.save_pretrained(out)
-        for name in TEACHER_FILES:
-            if (source / name).is_file():
-                shutil.copyfile(source / name, out / name)
-        (out / "tar_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        with open(out / "tar_metrics.jsonl", "w") as log:
-            log.writelines(json.dumps(r) + "\n" for r in rows)
-        results.seconds["save"] = time.perf_counter() - t0
-        results.seconds["total"] = time.perf_counter() - started
-        results.write(out)
-        (out / "eval_table.txt").write_text(results.table() + "\n")
-        write_report(out)
-    if folder is not None:
-        folder.resume.clear()
-    t.tracker.finish(results)
-    return results
+    return write_hardened(t, "tar", tar_results(t, rows, before, after, seconds), rows, started, folder)
