@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast bench robust lab lab-robust clean
+.PHONY: help install demo test test-fast bench robust lab lab-robust lab-tamper clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,6 +46,9 @@ lab: install  ## build the lab: an invented world + two tiny Llamas pretrained o
 
 lab-robust: lab  ## the make robust recipes on lab_base over seeds, every lab attack scored against lab_filtered: experiments/lab/results.md
 	$(PY) experiments/robust/compare.py --config experiments/lab/recipes.yaml --out experiments/lab --command "make lab-robust"
+
+lab-tamper: lab  ## TAR, RMU and distillation against in- and out-of-distribution fine-tuning at 10/100/1000 steps: experiments/lab/tamper/results.md
+	$(PY) experiments/robust/compare.py --config experiments/lab/tamper.yaml --out experiments/lab/tamper --command "make lab-tamper"
 
 clean:  ## remove .venv and outputs
 	rm -rf $(VENV) outputs

@@ -298,3 +298,92 @@ def test_split_attacks_are_scored_against_the_oracle(tmp_path):
     assert "the oracle" in rows[0]["detail"] and "steps" in rows[0]["detail"]
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| excess_recovery |" in summary and "oracle (data-filtered twin)" in summary
+
+
+def test_tamper_adversaries_score_each_step_count_as_a_run_of_that_length():
+    """A constant-rate adversary is one run scored at each count; a scheduled one is a run per
+    count whose warm-up + cosine spans it: both equal a separate fine-tune of k steps."""
+    from rmu.attack.relearn import finetune
+    from rmu.attack.tamper import adversary_curve, interleave
+
+    assert interleave([["a1", "a2", "a3"], ["b1"]], 4) == ["a1", "b1", "a2", "a3"]
+    assert interleave([["a1"], ["b1", "b2"]], 9) == ["a1", "b1", "b2"]
+    model, tok = load_model(make_cfg(["model=tiny_random", "model.arch=null"]).model, 0)
+    texts = load_corpus({"name": "c", "path": "bundled:forget_chem.jsonl", "max_length": 32}, 0).texts[:6]
+    fingerprint = lambda m: {"w": {"acc": sum(p.double().sum().item() for p in m.parameters())}}  # noqa: E731
+    before = fingerprint(model)
+    for schedule in ("constant", "warmup_cosine"):
+        run = {"mode": "full", "data": "forget", "lr": 1e-3, "batch_size": 2, "schedule": schedule,
+               "weight_decay": 0.01, "lora_r": 8}
+        curve = adversary_curve(model, tok, texts, run, [3, 1], 32, 0, fingerprint)
+        assert list(curve) == ["1", "3"]
+        for k in (1, 3):
+            alone = finetune(model, tok, texts, "full", 1e-3, k, 2, 32, 8, 0, schedule, 0.01)
+            assert curve[str(k)]["w"]["acc"] == pytest.approx(fingerprint(alone)["w"]["acc"], rel=1e-12)
+        assert curve["1"] != curve["3"]
+    assert fingerprint(model) == before  # the attacked model is untouched
+
+
+def test_tamper_groups_report_the_strongest_adversary_per_step_count(tmp_path):
+    """Through the command: a row per group, step count and set, named <group>@<steps>, from
+    the adversary with the highest mean forget accuracy at that count, against the same
+    adversary on the base model and the oracle."""
+    from rmu.attack.cli import run
+    from rmu.run.cli import run_command
+
+    adversary = "{mode: full, data: forget, lr: %s, batch_size: 2}"
+    groups = (f"attack.tamper.groups={{in_dist: [{adversary % '1e-4'}, {adversary % '3e-3'}], "
+              f"out_dist: [{{mode: lora, data: forget, lr: 1e-2, batch_size: 2, lora_r: 4}}, "
+              f"{{mode: full, data: retain, lr: 1e-3, batch_size: 4, schedule: warmup_cosine, weight_decay: 0.01}}]}}")
+    cfg = make_cfg(["attack=tamper", "model=tiny_random", "model@base=tiny_random", "model@oracle=tiny_random",
+                    "oracle.arch.num_hidden_layers=2", "eval.batch_size=32",
+                    "eval.sets=[{name: chem, path: 'bundled:mcq_chem.jsonl', role: forget},"
+                    "{name: general, path: 'bundled:mcq_general.jsonl', role: retain}]",
+                    "attack.tamper.steps=[1,2]", "attack.tamper.examples=4", "attack.tamper.max_length=32", groups,
+                    f"output_dir={tmp_path / 'out'}", f"control_cache={tmp_path / 'cache'}"], config_name="attack")
+    results = run_command(run, cfg)
+    rows = results["summary"]
+    assert [(r["attack"], r["set"]) for r in rows] == [(f"{g}@{k}", s) for g in ("in_dist", "out_dist")
+                                                       for k in (1, 2) for s in ("chem", "general")]
+    tamper = results["attacks"]["tamper"]
+    for group in ("in_dist", "out_dist"):
+        adversaries = tamper[group]["adversaries"]
+        assert len(adversaries) == 2
+        for k in ("1", "2"):
+            best = max(range(2), key=lambda i: adversaries[i]["curve"][k]["chem"]["acc"])
+            assert tamper[group]["strongest"][k]["adversary"] == best
+            chem = next(r for r in rows if r["attack"] == f"{group}@{k}" and r["set"] == "chem")
+            assert chem["attacked"] == adversaries[best]["curve"][k]["chem"]["acc"]
+            assert f"after {k} steps" in chem["detail"] and {"base_attacked", "oracle_attacked"} <= set(chem)
+    assert "| in_dist@2 | chem | forget |" in (tmp_path / "out" / "summary.md").read_text()
+    # the base model's and the oracle's runs of the strongest adversaries are cached for the next model
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()).count("tamper") >= 2
+
+    bad = [("attack.tamper.run_groups=[in_dist,qi2]", r"attack.tamper.run_groups\[1\]='qi2': allowed: in_dist, "
+                                                      r"out_dist, qi"),
+           ("attack.tamper.groups.qi=[{mode: full, data: unrelated, lr: 1e-3, batch_size: 2}]",
+            None)]  # qi does not run: its adversaries are not read
+    from rmu.config.checks import check_attack_values
+    from rmu.errors import ConfigError
+
+    for override, message in bad + [("attack.tamper.groups.in_dist=[{mode: full, data: forget, lr: 0, batch_size: 2}]",
+                                      r"attack.tamper.groups.in_dist\[0\].lr=0(.0)?: must be a finite number > 0"),
+                                     ("attack.tamper.groups.out_dist=[{mode: qlora, data: forget, lr: 1, batch_size: 2}]",
+                                      r"attack.tamper.groups.out_dist\[0\].mode='qlora': allowed: full, lora")]:
+        cfg = make_cfg(["attack=tamper", override], config_name="attack")
+        if message is None:
+            check_attack_values(cfg)
+        else:
+            with pytest.raises(ConfigError, match=message):
+                check_attack_values(cfg)
+    # a group written in a YAML file gets the schema's defaults, and a stray key is named
+    from omegaconf import OmegaConf
+    from rmu.config.checks import tamper_adversaries
+
+    yaml_group = OmegaConf.create({"groups": {"g": [{"mode": "full", "data": "forget", "lr": 1.0, "batch_size": 2}]}})
+    assert tamper_adversaries(yaml_group, "g") == [{"mode": "full", "data": "forget", "lr": 1.0, "batch_size": 2,
+                                                    "schedule": "constant", "weight_decay": 0.0, "lora_r": 8}]
+    yaml_group.groups.g[0].batch = 4
+    with pytest.raises(ConfigError, match=r"attack.tamper.groups.g\[0\]=.*: a mapping with the keys batch_size, data, "
+                                          r"lora_r, lr, mode, schedule, weight_decay"):
+        tamper_adversaries(yaml_group, "g")

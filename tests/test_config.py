@@ -137,10 +137,13 @@ def test_every_attack_option_composes_and_validates(option, tmp_path):
                    config_name="attack")
     check_attack(cfg)
     every = ["probe", "finetune", "ablate", "ablate_unlearned", "in_context", "heldout_relearn"]
-    expected = {"all": every, "lab": every + ["relearn_speed"]}.get(option, [option])
+    expected = {"all": every, "lab": every + ["relearn_speed"], "lab_tamper": ["tamper"]}.get(option, [option])
     assert list(cfg.attack.run) == expected
-    if option == "lab":  # scored against the data-filtered twin, on the lab's world
+    if option.startswith("lab"):  # scored against the data-filtered twin, on the lab's world
         assert cfg.oracle.name == "lab-filtered" and cfg.data.forget[0].name == "alchemy"
+    if option == "lab_tamper":  # the lab's adversaries replace the default's, group by group
+        assert [a.lr for a in cfg.attack.tamper.groups.in_dist] == [1e-4, 1e-3, 2e-3, 1e-3]
+        assert list(cfg.attack.tamper.groups) == ["in_dist", "out_dist", "qi"]
 
 
 def test_relearn_speed_without_splits_is_refused(tmp_path):

@@ -152,6 +152,19 @@ def test_the_shared_config_reader_and_resume_check(tmp_path, monkeypatch):
     common.same_settings(folder, settings, "robust")
     with pytest.raises(SystemExit, match="robust: .* holds runs of other settings"):
         common.same_settings(folder, {**settings, "train": ["a", "c"]}, "robust")
+    # a second attack list (attack_name: tamper) on the same models is recorded beside the first;
+    # each list must stay what it was, and the training settings must match
+    common.same_settings(folder, {"train": ["a"], "attack_tamper": ["t"]}, "robust", others="attack")
+    assert json.loads((folder / "recipe.json").read_text()) == {"train": ["a"], "attack": ["b"], "attack_tamper": ["t"]}
+    common.same_settings(folder, {"train": ["a"], "attack": ["b"]}, "robust", others="attack")
+    for other in ({"train": ["a"], "attack_tamper": ["u"]}, {"train": ["z"], "attack_tamper": ["t"]}):
+        with pytest.raises(SystemExit, match="robust: .* holds runs of other settings"):
+            common.same_settings(folder, other, "robust", others="attack")
+    bad.write_text(yaml.safe_dump({**base, "recipes": {"a": []}, "attack_name": "Tamper-2"}))
+    with pytest.raises(SystemExit, match="attack_name 'Tamper-2': lower-case letters and _ only"):
+        module.read_config(bad)
+    bad.write_text(yaml.safe_dump({**base, "recipes": {"a": []}}))
+    assert module.read_config(bad)["attack_name"] == "attack"
     # tune.py: the same, except that stronger settings may be added at the end of the list
     folder, settings = tmp_path / "tune", {"seed": 0, "train": [], "settings": [["x"]]}
     common.same_settings(folder, settings, "tune", growing="settings")

@@ -44,15 +44,21 @@ def load_config(path: Path, required: tuple[str, ...], optional: tuple[str, ...]
     return cfg
 
 
-def same_settings(folder: Path, settings: dict, who: str, growing: str | None = None) -> None:
+def same_settings(folder: Path, settings: dict, who: str, growing: str | None = None, others: str | None = None) -> None:
     """Record in <folder>/recipe.json what a recipe's runs are made with; refuse to resume them
     under other settings. `growing` names a list in `settings` that may gain entries at its
     end (tune.py's stronger settings): the runs already made keep their positions and stay
-    valid."""
+    valid. Keys starting with `others` (compare.py's attack lists, one per attack folder) are
+    kept for runs made under them: one recorded earlier must match, one absent is added."""
     record = folder / "recipe.json"
-    if record.is_file():
-        old = json.loads(record.read_text())
-        if growing is None:
+    old = json.loads(record.read_text()) if record.is_file() else None
+    if old is not None:
+        if others is not None:
+            own = {k: v for k, v in settings.items() if not k.startswith(others)}
+            same = ({k: v for k, v in old.items() if not k.startswith(others)} == own
+                    and all(old.get(k, v) == v for k, v in settings.items() if k.startswith(others)))
+            settings = {**old, **settings}
+        elif growing is None:
             same = old == settings
         else:
             n = len(old.get(growing, []))

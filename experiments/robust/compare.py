@@ -12,6 +12,8 @@ results.json exists is not redone: a killed comparison resumes where it stopped 
 trainer and the attack command write their folders atomically, so a killed run leaves
 nothing that looks finished). Hydra's basic launcher runs the jobs one after another
 here; `--launcher slurm` (or any hydra/launcher option) sends each to the cluster.
+A config with `attack_name: <name>` attacks into `<model>-<name>` instead: a second list of
+attacks on the same trained models (the lab's tamper groups, experiments/lab/tamper.yaml).
 
 Then it writes `<out>/results.md` (recipe × attack: gap_recovered median and spread over
 seeds, the resistance to the same attack on the base model, clean forget and general
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -65,7 +68,10 @@ def read_config(path: Path) -> dict:
     overrides]) whose seed s hardens that recipe's seed s (the file's `distill` or `tar` list
     is added to every one)."""
     cfg = load_config(path, ("seeds", "recipes", "train", "attack"),
-                      optional=("work_dir", "distill", "tar", "pretrain_tokens"))
+                      optional=("work_dir", "distill", "tar", "pretrain_tokens", "attack_name"))
+    if not re.fullmatch(r"[a-z][a-z_]*", str(cfg.setdefault("attack_name", "attack"))):
+        sys.exit(f"error: {path}: attack_name {cfg['attack_name']!r}: lower-case letters and _ only (it names the "
+                 f"<seed>-<attack_name> folders)")
     earlier = []
     for name, spec in cfg["recipes"].items():
         if isinstance(spec, dict):
@@ -94,28 +100,30 @@ def hardening(spec: dict) -> str | None:
 def run_all(cfg: dict, work: Path, launcher: str | None) -> None:
     """Train and attack every recipe × seed that has no results yet."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    suffix = cfg["attack_name"]  # the attack folders are <seed>-<suffix>: several attack lists share the models
+    attack_key = "attack" if suffix == "attack" else f"attack_{suffix}"
     for recipe, spec in cfg["recipes"].items():
         folder = work / recipe
         if isinstance(spec, dict):  # harden the teacher recipe's seed s into this recipe's seed s
             kind, teacher = hardening(spec), work / spec["teacher"]
             overrides = [*cfg[kind], *spec[kind]]
             same_settings(folder, {"teacher": [*cfg["train"], *cfg["recipes"][spec["teacher"]]], kind: overrides,
-                                   "attack": cfg["attack"]}, "robust")
+                                   attack_key: cfg["attack"]}, "robust", others="attack")
             module, source = f"rmu.{kind}", [f"model.path={teacher}/seed${{seed}}"]
         else:
             overrides = [*cfg["train"], *spec]
-            same_settings(folder, {"train": overrides, "attack": cfg["attack"]}, "robust")
+            same_settings(folder, {"train": overrides, attack_key: cfg["attack"]}, "robust", others="attack")
             module, source = "rmu.train", []
         todo = [s for s in cfg["seeds"] if not done(folder / f"seed{s}")]
         if todo:
             sweep(module, [*overrides, *source, f"seed={','.join(map(str, todo))}", f"output_dir={folder}/seed${{seed}}"],
                   launcher, work / "sweeps" / f"{stamp}-{recipe}-{module.split('.')[1]}")
         models = [folder / f"seed{s}" for s in cfg["seeds"]]
-        todo = [m for m in models if not done(m.with_name(m.name + "-attack"))]
+        todo = [m for m in models if not done(m.with_name(f"{m.name}-{suffix}"))]
         if todo:
             sweep("rmu.attack", [*cfg["attack"], f"model.path={','.join(map(str, todo))}",
-                                 "output_dir=${model.path}-attack", f"control_cache={work / 'controls'}"],
-                  launcher, work / "sweeps" / f"{stamp}-{recipe}-attack")
+                                 f"output_dir=${{model.path}}-{suffix}", f"control_cache={work / 'controls'}"],
+                  launcher, work / "sweeps" / f"{stamp}-{recipe}-{suffix}")
 
 
 def forget_mean(rows: list[dict], attack: str, key: str) -> float | None:
@@ -138,15 +146,16 @@ def collect(cfg: dict, work: Path) -> dict:
             # A hardened recipe's training is its teacher's RMU run and the hardening.
             train_s = run.seconds["train"] + (RunResults.read(work / spec["teacher"] / f"seed{s}").seconds["train"]
                                               if isinstance(spec, dict) else 0.0)
-            attack = read_attack(work / recipe / f"seed{s}-attack")
+            attack = read_attack(work / recipe / f"seed{s}-{cfg['attack_name']}")
+            names = list(dict.fromkeys(r["attack"] for r in attack["summary"]))  # tamper: a column per group@steps
             retain = [e["base"]["acc"] for e in run.eval.values() if e["role"] == "retain"]
             seeds.append({"forget": run.mean_unlearned_acc("forget"), "general": run.mean_unlearned_acc("retain"),
                           "base_general": sum(retain) / len(retain) if retain else None,
                           "train_s": train_s,
                           "distill": run.distill and {"alpha": run.distill["alpha"], "tokens": run.distill["tokens"]},
-                          "gap": {a: forget_mean(attack["summary"], a, "gap_recovered") for a in attack["attacks"]},
-                          "resistance": {a: forget_mean(attack["summary"], a, "resistance") for a in attack["attacks"]},
-                          "excess": {a: forget_mean(attack["summary"], a, "excess_recovery") for a in attack["attacks"]},
+                          "gap": {a: forget_mean(attack["summary"], a, "gap_recovered") for a in names},
+                          "resistance": {a: forget_mean(attack["summary"], a, "resistance") for a in names},
+                          "excess": {a: forget_mean(attack["summary"], a, "excess_recovery") for a in names},
                           "oracle_forget": oracle_forget(attack),
                           "curves": curves(attack),
                           "seconds": run.seconds["total"] + attack["seconds"]["total"]})

@@ -12,7 +12,7 @@ accuracy after the attack, and gap_recovered = (attacked − unlearned) / (base 
 oracle (`model@oracle=lab_filtered`: the same pretraining without the forget data) every
 attack also runs on it, and the forget sets get excess_recovery = (attacked − oracle
 attacked) / (base − oracle): 0 = no more than a model that never learnt it. The attacks
-(docs/attacks.md) live in probe.py, relearn.py, ablate.py and in_context.py beside this
+(docs/attacks.md) live in probe.py, relearn.py, tamper.py, ablate.py and in_context.py beside this
 file. Every setting, the data and the output folder are checked, and the corpora and sets
 read, before either model loads (rmu/config/plan.py, plan_attack).
 """
@@ -33,6 +33,7 @@ from rmu.attack.control import ControlCache
 from rmu.attack.in_context import shot_contexts
 from rmu.attack.probe import features, probe_features
 from rmu.attack.relearn import finetune, finetune_checkpoints, plateau_step, qa_texts, relearn_curve, split_half
+from rmu.attack.tamper import run_tamper
 from rmu.run.checkpoint import check_output_dir, clean_leftovers, staged_output
 from rmu.run.lock import OutputLock, held as output_held
 from rmu.run.cli import run_command
@@ -386,7 +387,7 @@ def run_relearn_speed(s, t: Target):
 
 RUNNERS = {"probe": run_probe, "finetune": run_finetune, "ablate": run_ablate,
            "ablate_unlearned": run_ablate_unlearned, "in_context": run_in_context, "heldout_relearn": run_heldout,
-           "relearn_speed": run_relearn_speed}
+           "relearn_speed": run_relearn_speed, "tamper": run_tamper}
 
 
 def summary_table(rows: list[dict]) -> str:

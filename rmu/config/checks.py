@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rmu.config.schema import CONF_DIR
+from rmu.config.schema import CONF_DIR, TamperAdversary
 from rmu.errors import ConfigError
 from rmu.models.loading import DTYPES
 
-ATTACKS = ("probe", "finetune", "ablate", "ablate_unlearned", "in_context", "heldout_relearn", "relearn_speed")
+ATTACKS = ("probe", "finetune", "ablate", "ablate_unlearned", "in_context", "heldout_relearn", "relearn_speed",
+           "tamper")
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -432,9 +433,49 @@ def check_relearn(r, key: str) -> None:
         check_splits(f"{key}.splits", r.splits)
 
 
+def tamper_adversaries(t, group: str) -> list[dict]:
+    """The adversaries of one tamper group as plain dicts, every key of the schema's
+    TamperAdversary filled (an entry written in YAML gets its defaults here)."""
+    allowed = {f.name for f in dataclasses.fields(TamperAdversary)}
+    out = []
+    for i, entry in enumerate(plain(t.groups[group])):
+        if not isinstance(entry, dict) or set(entry) - allowed:
+            fail(f"attack.tamper.groups.{group}[{i}]", entry, f"a mapping with the keys {', '.join(sorted(allowed))}")
+        out.append({**OmegaConf.to_container(OmegaConf.structured(TamperAdversary)), **entry})
+    missing = [(i, k) for i, e in enumerate(out) for k, v in e.items() if v == "???"]
+    if missing:
+        i, k = missing[0]
+        fail(f"attack.tamper.groups.{group}[{i}].{k}", None, "no value set")
+    return out
+
+
+def check_tamper(t, key: str) -> None:
+    """The tamper groups: step counts, and every adversary of every group that runs."""
+    check_list(f"{key}.steps", t.steps, kind="int")
+    for name in ("examples", "max_length"):
+        check_int(f"{key}.{name}", t[name], 1)
+    groups = plain(t.groups)
+    if not isinstance(groups, dict) or not groups:
+        fail(f"{key}.groups", groups, "must map each group name to a list of adversaries")
+    for group in check_list(f"{key}.run_groups", t.run_groups, tuple(groups)):
+        check_list(f"{key}.groups.{group}", t.groups[group])
+        for i, r in enumerate(tamper_adversaries(t, group)):
+            at = f"{key}.groups.{group}[{i}]"
+            if r["mode"] not in ("full", "lora"):
+                fail(f"{at}.mode", r["mode"], "allowed: full, lora")
+            if r["data"] not in ("forget", "retain"):
+                fail(f"{at}.data", r["data"], "allowed: forget, retain")
+            if r["schedule"] not in ("constant", "warmup_cosine"):
+                fail(f"{at}.schedule", r["schedule"], "allowed: constant, warmup_cosine")
+            check_num(f"{at}.lr", r["lr"], positive=True)
+            check_num(f"{at}.weight_decay", r["weight_decay"])
+            check_int(f"{at}.batch_size", r["batch_size"], 1)
+            check_int(f"{at}.lora_r", r["lora_r"], 1)
+
+
 ATTACK_CHECKS = {"probe": check_probe, "finetune": check_finetune, "ablate": check_ablate,
                  "ablate_unlearned": check_ablate, "in_context": check_in_context, "heldout_relearn": check_relearn,
-                 "relearn_speed": check_relearn}
+                 "relearn_speed": check_relearn, "tamper": check_tamper}
 
 
 def check_splits(key: str, splits) -> None:

@@ -226,9 +226,10 @@ def plan_attack(cfg: DictConfig) -> AttackPlan:
     if not sets:
         fail("eval.sets", [], "the attacks need multiple-choice sets with forget / retain roles")
     a = cfg.attack
-    # The fine-tune grid and the ablations read the corpora; the probe, the in-context attack
+    # The fine-tune grid, the tamper groups and the ablations read the corpora; the probe, the in-context attack
     # and held-out relearning do not.
-    forget, retain = load_corpora(cfg.data) if {"finetune", "ablate", "ablate_unlearned"} & set(a.run) else ([], [])
+    forget, retain = (load_corpora(cfg.data) if {"finetune", "ablate", "ablate_unlearned", "tamper"} & set(a.run)
+                      else ([], []))
     unrelated = None
     if "finetune" in a.run:
         entry = {"name": "unrelated", "path": a.finetune.unrelated, "max_length": a.finetune.max_length}

@@ -353,6 +353,27 @@ class RelearnSpeedAttack:
 
 
 @dataclass
+class TamperAdversary:
+    """One fine-tuning adversary of a tamper group (rmu/attack/tamper.py)."""
+    mode: str = MISSING  # full | lora (rank lora_r on every linear layer)
+    data: str = MISSING  # forget | retain
+    lr: float = MISSING
+    batch_size: int = MISSING
+    schedule: str = "constant"  # constant | warmup_cosine (10 % warm-up, cosine to 0 over the attack's steps)
+    weight_decay: float = 0.0  # AdamW's
+    lora_r: int = 8
+
+
+@dataclass
+class TamperAttack:
+    steps: List[int] = MISSING  # step counts each group is scored at
+    examples: int = MISSING  # texts per corpus, taken in turn from each forget corpus
+    max_length: int = MISSING
+    run_groups: List[str] = MISSING  # the groups run (names in `groups`)
+    groups: Dict[str, List[TamperAdversary]] = MISSING
+
+
+@dataclass
 class AttackConfig:
     run: List[str] = MISSING
     probe: Optional[ProbeAttack] = None  # each attack's settings, selected with attack=<name> or all
@@ -362,6 +383,7 @@ class AttackConfig:
     in_context: Optional[InContextAttack] = None
     heldout_relearn: Optional[HeldoutRelearnAttack] = None
     relearn_speed: Optional[RelearnSpeedAttack] = None
+    tamper: Optional[TamperAttack] = None
 
 
 @dataclass
