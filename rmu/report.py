@@ -1,7 +1,7 @@
 """`python -m rmu.report <run dir>` — a picture and a short summary of one training run.
 
-Writes `report.png` (forget and retain loss per step; accuracy before and after on every
-evaluation set against chance) and `report.md` into the run folder. `rmu.train` writes
+Writes `report.png` (forget and retain loss per step; for a distilled or TAR run the
+hardening's own curve; accuracy before and after on every evaluation set against chance) and `report.md` into the run folder. `rmu.train` writes
 both at the end of every run. The inputs are checked against their shapes first
 (rmu/evaluation/results.py), and a report is replaced only where rmu.report drew it and
 nobody changed it since (rmu/run/checkpoint.py, write_output_file): a hand-written
@@ -11,6 +11,7 @@ report.md stays.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from rmu.run.checkpoint import check_output_file, write_output_file
@@ -21,15 +22,49 @@ from rmu.evaluation.results import RunResults, read_metrics
 COMMAND = "rmu.report"
 
 
-def plot(out: Path, rows: list[dict], results: RunResults) -> None:
-    """Draw the report's figure into the PNG file `out`."""
+def hardening_rows(folder: Path, results: RunResults) -> list[dict]:
+    """The per-step rows of the distillation or TAR that made a hardened run (empty for a plain
+    RMU run): distill_metrics.jsonl or tar_metrics.jsonl, as that command wrote them."""
+    name = "distill_metrics.jsonl" if results.distill else "tar_metrics.jsonl" if results.tar else None
+    if name is None:
+        return []
+    path = folder / name
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read it ({type(e).__name__}: {e}); results.json says the run was "
+                          f"{'distilled' if results.distill else 'made by TAR'}") from None
+
+
+def plot_hardening(ax, rows: list[dict], results: RunResults) -> None:
+    """The hardening's own curve: distillation's KL (and the held-out retain CE where measured),
+    or TAR's retain loss and last tamper-resistance loss per outer step."""
+    if results.distill:
+        ax.plot([r["step"] for r in rows], [r["kl"] for r in rows], label="KL(teacher ‖ student)")
+        ce = [r for r in rows if "retain_ce" in r]
+        ax.plot([r["step"] for r in ce], [r["retain_ce"] for r in ce], "o-", ms=3, label="held-out retain CE")
+        ax.axhline(results.distill["teacher_retain_ce"], color="grey", ls="--", label="teacher's retain CE")
+        ax.set(title="distillation", xlabel="step", yscale="log")
+    else:
+        tar = [r for r in rows if r.get("phase") == "tar"]
+        ax.plot([r["step"] for r in tar], [r["retain_loss"] for r in tar], label="retain loss")
+        ax.plot([r["step"] for r in tar], [r["tr_loss_last"] for r in tar], label="last tamper-resistance loss")
+        ax.set(title="TAR", xlabel="outer step")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def plot(out: Path, rows: list[dict], results: RunResults, hardening: list[dict] = ()) -> None:
+    """Draw the report's figure into the PNG file `out`: RMU's losses, the hardening's curve
+    when there was one, the accuracies."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
     evals = results.eval
-    fig, axes = plt.subplots(1, 3 if evals else 2, figsize=(15 if evals else 10, 4.2))
+    panels = 2 + bool(hardening) + bool(evals)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
     topics = results.topics
     for topic in topics:
         mine = [r for r in rows if r["topic"] == topic]
@@ -40,8 +75,10 @@ def plot(out: Path, rows: list[dict], results: RunResults) -> None:
     for ax in axes[:2]:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    if hardening:
+        plot_hardening(axes[2], hardening, results)
     if evals:
-        ax = axes[2]
+        ax = axes[-1]
         names = list(evals)
         x = range(len(names))
         base = [evals[n]["base"]["acc"] for n in names]
@@ -110,7 +147,8 @@ def write_report(folder: str | Path) -> tuple[Path, Path]:
     png, md = folder / "report.png", folder / "report.md"
     for path in (png, md):  # both, before drawing either
         check_output_file(path, COMMAND)
-    write_output_file(png, lambda tmp: plot(tmp, rows, results), COMMAND)
+    hardening = hardening_rows(folder, results)
+    write_output_file(png, lambda tmp: plot(tmp, rows, results, hardening), COMMAND)
     write_output_file(md, summary(rows, results), COMMAND)
     return png, md
 

@@ -116,6 +116,12 @@ def test_a_distilled_run_folder_says_how_it_was_made_and_the_teacher_is_untouche
     assert saved["topics"] == json.loads((teacher / "results.json").read_text())["topics"]  # how RMU made the teacher
     assert (out / "rmu_config.yaml").read_text() == (teacher / "rmu_config.yaml").read_text()
     assert results.distill["student_retain_ce"] is not None
+    # report.png has a fourth panel, the distillation's own curve, from distill_metrics.jsonl
+    from rmu.report import hardening_rows
+    from tests.test_report import png_size
+
+    assert hardening_rows(out, results) == [json.loads(x) for x in open(out / "distill_metrics.jsonl")]
+    assert png_size(out / "report.png")[0] == 3 * 5 * 110  # RMU's two losses and the distillation (no eval sets)
     card = (prepare(out, "me/tiny-undo") / "README.md").read_text()  # the Hub folder says what made it
     assert "a student distilled from it" in card and f"α = {info['alpha']}" in card and "distillation" in card
     student, original = load_file(out / "model.safetensors"), load_file(teacher / "model.safetensors")

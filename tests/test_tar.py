@@ -105,6 +105,9 @@ def test_a_tar_run_folder_says_how_it_was_made(start, tmp_path):
     assert info["passes_per_outer_step"] == 4 + 2 + 1 and info["inner_steps"] == 4 and info["safeguard_steps"] == 2
     assert (out / "rmu_config.yaml").read_text() == (start / "rmu_config.yaml").read_text()
     assert results.tar["seconds_per_outer_step"] > 0 and (out / "report.md").is_file()
+    from tests.test_report import png_size
+
+    assert png_size(out / "report.png")[0] == 3 * 5 * 110  # RMU's two losses and TAR's curve (no eval sets here)
     from rmu.export import prepare
 
     card = (prepare(out, "me/tiny-tar") / "README.md").read_text()
