@@ -146,6 +146,17 @@ def test_the_shared_config_reader_and_resume_check(tmp_path, monkeypatch):
             with pytest.raises(SystemExit, match=message):
                 module.read_config(bad)
 
+    # a hardened recipe may run some of the file's seeds (an expensive point of a curve), said in the tables
+    bad.write_text(yaml.safe_dump({**base, "seeds": [0, 1], "recipes": {"a": [], "b": {"teacher": "a", "tar": [],
+                                                                                      "seeds": [2]}}}))
+    with pytest.raises(SystemExit, match=r"recipe b: seeds \[2\] must be some of the file's seeds \[0, 1\]"):
+        module.read_config(bad)
+    bad.write_text(yaml.safe_dump({**base, "seeds": [0, 1], "recipes": {"a": [], "b": {"teacher": "a", "tar": [],
+                                                                                      "seeds": [1]}}}))
+    cfg = module.read_config(bad)
+    assert module.seeds_of(cfg, "a") == [0, 1] and module.seeds_of(cfg, "b") == [1]
+    assert module.named("b", [{"seed": 1}], 2) == "b (seed 1 only)" and module.named("a", [{}, {}], 2) == "a"
+
     # compare.py: a recipe's runs resume only under the settings they were made with
     folder, settings = tmp_path / "rmu", {"train": ["a"], "attack": ["b"]}
     common.same_settings(folder, settings, "robust")

@@ -82,6 +82,9 @@ def read_config(path: Path) -> dict:
             if spec["teacher"] not in earlier or isinstance(cfg["recipes"][spec["teacher"]], dict):
                 sys.exit(f"error: {path}: recipe {name}: teacher {spec['teacher']!r} must be a trained recipe listed "
                          f"before it ({', '.join(r for r in earlier if isinstance(cfg['recipes'][r], list)) or 'none'})")
+            if not set(spec.get("seeds", cfg["seeds"])) <= set(cfg["seeds"]) or not spec.get("seeds", cfg["seeds"]):
+                sys.exit(f"error: {path}: recipe {name}: seeds {spec['seeds']!r} must be some of the file's seeds "
+                         f"{cfg['seeds']} (its teacher's models)")
             if kind not in cfg:
                 sys.exit(f"error: {path}: recipe {name} runs rmu.{kind}: the file needs a `{kind}` list of the "
                          f"overrides every rmu.{kind} run gets (model, data, eval, {kind} group)")
@@ -92,9 +95,16 @@ def read_config(path: Path) -> dict:
 
 
 def hardening(spec: dict) -> str | None:
-    """`distill` or `tar` for a hardened recipe's {teacher:, <kind>:} mapping; None if it is not one."""
+    """`distill` or `tar` for a hardened recipe's {teacher:, <kind>:[, seeds:]} mapping; None if it is not one."""
     kinds = [k for k in ("distill", "tar") if k in spec]
-    return kinds[0] if len(kinds) == 1 and sorted(spec) == sorted(["teacher", kinds[0]]) else None
+    return kinds[0] if len(kinds) == 1 and sorted(set(spec) - {"seeds"}) == sorted(["teacher", kinds[0]]) else None
+
+
+def seeds_of(cfg: dict, recipe: str) -> list:
+    """The seeds a recipe runs: the file's, or a hardened recipe's own `seeds` (some of them:
+    an expensive point of a curve measured on fewer seeds, and said so in results.md)."""
+    spec = cfg["recipes"][recipe]
+    return spec.get("seeds", cfg["seeds"]) if isinstance(spec, dict) else cfg["seeds"]
 
 
 def run_all(cfg: dict, work: Path, launcher: str | None) -> None:
@@ -114,11 +124,11 @@ def run_all(cfg: dict, work: Path, launcher: str | None) -> None:
             overrides = [*cfg["train"], *spec]
             same_settings(folder, {"train": overrides, attack_key: cfg["attack"]}, "robust", others="attack")
             module, source = "rmu.train", []
-        todo = [s for s in cfg["seeds"] if not done(folder / f"seed{s}")]
+        todo = [s for s in seeds_of(cfg, recipe) if not done(folder / f"seed{s}")]
         if todo:
             sweep(module, [*overrides, *source, f"seed={','.join(map(str, todo))}", f"output_dir={folder}/seed${{seed}}"],
                   launcher, work / "sweeps" / f"{stamp}-{recipe}-{module.split('.')[1]}")
-        models = [folder / f"seed{s}" for s in cfg["seeds"]]
+        models = [folder / f"seed{s}" for s in seeds_of(cfg, recipe)]
         todo = [m for m in models if not done(m.with_name(f"{m.name}-{suffix}"))]
         if todo:
             sweep("rmu.attack", [*cfg["attack"], f"model.path={','.join(map(str, todo))}",
@@ -141,7 +151,7 @@ def collect(cfg: dict, work: Path) -> dict:
     out = {}
     for recipe, spec in cfg["recipes"].items():
         seeds = []
-        for s in cfg["seeds"]:
+        for s in seeds_of(cfg, recipe):
             run = RunResults.read(work / recipe / f"seed{s}")
             # A hardened recipe's training is its teacher's RMU run and the hardening.
             train_s = run.seconds["train"] + (RunResults.read(work / spec["teacher"] / f"seed{s}").seconds["train"]
@@ -149,7 +159,7 @@ def collect(cfg: dict, work: Path) -> dict:
             attack = read_attack(work / recipe / f"seed{s}-{cfg['attack_name']}")
             names = list(dict.fromkeys(r["attack"] for r in attack["summary"]))  # tamper: a column per group@steps
             retain = [e["base"]["acc"] for e in run.eval.values() if e["role"] == "retain"]
-            seeds.append({"forget": run.mean_unlearned_acc("forget"), "general": run.mean_unlearned_acc("retain"),
+            seeds.append({"seed": s, "forget": run.mean_unlearned_acc("forget"), "general": run.mean_unlearned_acc("retain"),
                           "base_general": sum(retain) / len(retain) if retain else None,
                           "train_s": train_s,
                           "distill": run.distill and {"alpha": run.distill["alpha"], "tokens": run.distill["tokens"]},
@@ -209,7 +219,8 @@ def results_md(cfg: dict, data: dict, command: str = COMMAND) -> str:
     ref_train = statistics.median(s["train_s"] for s in data[recipes[0]])
     minutes = sum(s["seconds"] for seeds in data.values() for s in seeds) / 60
     n = len(cfg["seeds"])
-    lines = [f"# Recipes under attack ({n} seed{'s' if n != 1 else ''} each)", "",
+    fewer = any(len(seeds) < n for seeds in data.values())
+    lines = [f"# Recipes under attack ({n} seed{'s' if n != 1 else ''} each{', fewer where a recipe names its own' if fewer else ''})", "",
              f"Written by `{command}` (experiments/robust/compare.py) from "
              f"its config; training and attacking took {minutes:.0f} min in all (the sum of the runs' own "
              "times, base-model controls computed once and shared).", "",
@@ -223,14 +234,14 @@ def results_md(cfg: dict, data: dict, command: str = COMMAND) -> str:
         share = f" ({100 * general / base_general:.0f}%)" if general is not None and base_general else ""
         cost = statistics.median(s["train_s"] for s in seeds) / ref_train
         cells = [spread([s["gap"][a] for s in seeds]) for a in attacks]
-        lines.append(f"| {recipe} | {fmt(median(s['forget'] for s in seeds))} | {fmt(general)}{share} | {cost:.2f} | "
+        lines.append(f"| {named(recipe, seeds, n)} | {fmt(median(s['forget'] for s in seeds))} | {fmt(general)}{share} | {cost:.2f} | "
                      + " | ".join(cells) + f" | {spread([worst(s) for s in seeds])} |")
     lines += ["", "Resistance: attacked accuracy of the unlearned model minus that of the base model under the "
                   "same attack (forget sets, median over seeds [min, max]); below 0, the attack does not bring "
                   "the unlearned model as far as it brings the base model.", "",
               "| recipe | " + " | ".join(attacks) + " |", "|---" * (1 + len(attacks)) + "|"]
     for recipe in recipes:
-        lines.append(f"| {recipe} | " + " | ".join(spread([s["resistance"][a] for s in data[recipe]])
+        lines.append(f"| {named(recipe, data[recipe], n)} | " + " | ".join(spread([s["resistance"][a] for s in data[recipe]])
                                                    for a in attacks) + " |")
     if any(v is not None for seeds in data.values() for s in seeds for v in s["excess"].values()):
         lines += excess_md(data, attacks)
@@ -247,6 +258,11 @@ def results_md(cfg: dict, data: dict, command: str = COMMAND) -> str:
     return "\n".join(lines)
 
 
+def named(recipe: str, seeds: list[dict], n: int) -> str:
+    """A recipe's table cell: its name, and its seeds where it ran fewer than the file's."""
+    return recipe if len(seeds) >= n else f"{recipe} ({', '.join('seed ' + str(s['seed']) for s in seeds)} only)"
+
+
 def excess_md(data: dict, attacks: list[str]) -> list[str]:
     """The table against the oracle: excess recovery per attack (forget sets; per set the
     attacker's best row, e.g. the worst step count of relearn_speed), and the oracle's row."""
@@ -256,8 +272,9 @@ def excess_md(data: dict, attacks: list[str]) -> list[str]:
                  "[min, max]. 0 = no more than a model that never saw the forget data, 1 = all of what the base "
                  "knew beyond it.", "",
              "| recipe | " + " | ".join(attacks) + " | worst |", "|---" * (2 + len(attacks)) + "|"]
+    n = max(len(seeds) for seeds in data.values())
     for recipe, seeds in data.items():
-        lines.append(f"| {recipe} | " + " | ".join(spread([s["excess"][a] for s in seeds]) for a in attacks)
+        lines.append(f"| {named(recipe, seeds, n)} | " + " | ".join(spread([s["excess"][a] for s in seeds]) for a in attacks)
                      + f" | {spread([worst_excess(s) for s in seeds])} |")
     lines.append(f"| oracle (clean forget acc {fmt(oracle)}) | " + " | ".join("+0.00 (by definition)" for _ in attacks)
                  + " | +0.00 |")
@@ -303,7 +320,7 @@ def worst_against(seed: dict, oracle: bool) -> float | None:
 def plot_distill(cfg: dict, data: dict, path: Path) -> None:
     """distill.png: worst excess recovery over the oracle (median over seeds) against the
     distillation tokens as a fraction of the base model's pretraining tokens, one line per
-    alpha; each teacher recipe as a dashed level, the oracle at 0."""
+    teacher and alpha; each teacher recipe as a dashed level, the oracle at 0."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -319,10 +336,10 @@ def plot_distill(cfg: dict, data: dict, path: Path) -> None:
             x = median(s["distill"]["tokens"] for s in seeds) / cfg["pretrain_tokens"]
             y = median(worst_against(s, oracle) for s in seeds)
             if y is not None:
-                lines.setdefault(seeds[0]["distill"]["alpha"], []).append((x, y))
-    for alpha, points in sorted(lines.items()):
+                lines.setdefault((spec["teacher"], seeds[0]["distill"]["alpha"]), []).append((x, y))
+    for (teacher, alpha), points in sorted(lines.items()):
         points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"distilled, α = {alpha}")
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"{teacher} distilled, α = {alpha}")
     for teacher in sorted(teachers):
         level = median(worst_against(s, oracle) for s in data[teacher])
         if level is not None:
