@@ -38,8 +38,9 @@ test-fast: install  ## the inner loop: everything but e2e, slow, distributed and
 bench: install  ## time the RMU step against the reference loop on the bundled model (CPU, ~15 min)
 	$(PY) experiments/bench/bench.py
 
-robust: install  ## train the recipes of experiments/robust/recipes.yaml over seeds, attack each, write results.md + robust.png
+robust: install  ## train the recipes of experiments/robust/recipes.yaml over seeds, attack each, write results.md + robust.png; then hardened.yaml (distillation on the bundled model) into hardened/
 	$(PY) experiments/robust/compare.py
+	$(PY) experiments/robust/compare.py --config experiments/robust/hardened.yaml --out experiments/robust/hardened
 
 lab: install  ## build the lab: an invented world + two tiny Llamas pretrained on it, with and without its forget domains (~10 min)
 	$(PY) -m rmu.lab
