@@ -193,3 +193,25 @@ def test_bad_values_are_named_with_what_is_allowed(override, message):
     with pytest.raises(ConfigError) as e:
         check_train_values(make_cfg([override]))
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("attack,tar", [("tamper", "default"), ("lab_tamper", "lab")])
+def test_the_in_distribution_tamper_group_is_the_tar_configs_adversaries(attack, tar):
+    """`in_dist` must be what TAR trains against (conf/tar/<tar>.yaml's adversary: full
+    parameters, a fresh constant-rate AdamW at each of its lrs, its batch size); every
+    out_dist adversary must differ from all of them in at least one setting."""
+    from omegaconf import OmegaConf
+
+    from rmu.config.checks import tamper_adversaries
+
+    adversary = make_cfg([f"tar={tar}"], config_name="tar").tar.adversary
+    groups = make_cfg([f"attack={attack}"], config_name="attack").attack.tamper
+    inside = tamper_adversaries(groups, "in_dist")
+    trained = {(data, lr) for data in ("forget", "retain") for lr in adversary.lrs}
+    assert {(a["data"], a["lr"]) for a in inside} <= trained
+    assert {a["lr"] for a in inside if a["data"] == "forget"} == set(OmegaConf.to_container(adversary.lrs))
+    assert all(a["mode"] == "full" and a["schedule"] == "constant" and a["weight_decay"] == 0.0
+               and a["batch_size"] == adversary.batch_size for a in inside)
+    for a in tamper_adversaries(groups, "out_dist") + tamper_adversaries(groups, "qi"):
+        assert a not in inside and (a["mode"], a["schedule"], a["batch_size"], a["lr"] in adversary.lrs) != \
+            ("full", "constant", adversary.batch_size, True), a
