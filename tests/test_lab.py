@@ -1,6 +1,7 @@
 """The lab (rmu/lab/): the invented world is seeded and self-consistent, its tokenizer
 round-trips, and a micro lab built end to end behaves as the yardstick needs: the base
-model learns the facts, its filtered twin learns only the retain domains. The build is
+model learns the facts, its filtered twin learns only the retain domains, and RMU on it shows
+the finding of the full lab (attacks bring back what the twin never learnt). The build is
 cached and resumes to the same weights."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rmu.lab.build import MODELS, build
 from rmu.lab.domains import DOMAINS
 from rmu.lab.tokenizer import train_tokenizer
 from rmu.lab.world import make_world, read_texts, write_world
-from tests.conftest import make_cfg
+from tests.conftest import make_cfg, run_cli
 
 MICRO = dict(forget_entities=12, retain_entities=8, values_per_relation=8, docs_per_entity=6, filler_per_doc=2)
 FORGET = [n for n, d in DOMAINS.items() if d.role == "forget"]
@@ -197,3 +198,37 @@ def test_bad_lab_config_is_refused_before_building(override, message):
 
     with pytest.raises(ConfigError, match=message):
         check_lab(make_cfg([override], config_name="lab"))
+
+
+@pytest.mark.slow
+def test_rmu_on_the_micro_lab_hides_what_the_oracle_never_learnt(micro, tmp_path):
+    """The lab's protocol end to end on the micro build: plain RMU (experiment=lab_rmu, scaled to
+    the 2-layer model) takes both forget domains most of the way to chance and keeps the retain
+    domains; then the ablation and relearning bring back far more than they teach the
+    data-filtered twin: RMU hid the facts rather than removing them."""
+    folder, _ = micro
+    cache = tmp_path / "cache"
+    (cache / "lab").mkdir(parents=True)
+    (cache / "lab" / "default").symlink_to(folder)  # conf/model/lab_*.yaml, data=lab and eval=lab read the default build
+    env = {"RMU_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "rmu"
+    done = run_cli("rmu.train", "experiment=lab_rmu", "rmu.layer_id=1", "rmu.update_layers=[0,1]", "rmu.alpha=100",
+                   "optim.lr=3e-3", "trainer.max_steps=120", "trainer.progress=false", f"output_dir={run}", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    scores = json.loads((run / "results.json").read_text())["eval"]
+    mean = lambda names, key: sum(scores[n][key]["acc"] for n in names) / len(names)  # noqa: E731
+    assert mean(FORGET, "unlearned") <= mean(FORGET, "base") - 0.2
+    assert mean(RETAIN, "unlearned") >= 0.8 * mean(RETAIN, "base")
+
+    done = run_cli("rmu.attack", "attack=lab", "model=lab_base", f"model.path={run}", "attack.run=[ablate,relearn_speed]",
+                   "attack.relearn_speed.steps=[5,10,25]", f"output_dir={tmp_path / 'attack'}",
+                   f"control_cache={tmp_path / 'controls'}", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "attack" / "results.json").read_text())["summary"]
+    excess = {}
+    for r in rows:
+        if r["role"] == "forget":
+            key = (r["attack"], r["set"])
+            excess[key] = max(excess.get(key, -1.0), r["excess_recovery"])
+    assert all(excess[("ablate", name)] >= 0.5 for name in FORGET), excess
+    assert all(excess[("relearn_speed", f"{name}_B")] >= 0.3 for name in FORGET), excess
