@@ -4,8 +4,10 @@ bad input refused before loading, resume after SIGTERM and two processes equal t
 
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -176,6 +178,54 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(teacher, tmp
     rows = {name: [json.loads(line) for line in open(tmp_path / name / "distill_metrics.jsonl")] for name in ("one", "two")}
     for a, b in zip(rows["one"], rows["two"], strict=True):
         assert abs(a["kl"] - b["kl"]) <= 1e-4 * a["kl"]  # measured 1.1e-5 apart at the last step
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_fsdp_shards_both_models_and_ends_where_one_process_does(teacher, tmp_path):
+    """Under FSDP (torchrun with the variables experiments/accelerate/fsdp.yaml sets) every
+    parameter of the teacher and the student is sharded over the 2 processes; the gathered
+    student equals one process's at twice the batch, the evaluation is the same, and a
+    SIGTERM'd FSDP run resumes from its (gathered) state to the weights of an uninterrupted one."""
+    from tests.test_fsdp import accelerate_env
+
+    common = ["distill.retain_ce_gap=null", "distill.max_tokens=768"]
+    one = run_cli("rmu.distill", *distill_args(teacher, *common, batch=4), f"output_dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    env = {**ENV, **accelerate_env(ROOT / "experiments" / "accelerate" / "fsdp.yaml")}
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "rmu.distill"]
+    two = subprocess.run([*torchrun, *distill_args(teacher, *common), f"output_dir={tmp_path / 'fsdp'}"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "FSDP: both models sharded" in two.stdout and two.stdout.count("rmu: wrote") == 1
+    assert_same_weights(tmp_path / "one", tmp_path / "fsdp", 1e-4)
+    assert load_file(tmp_path / "one" / "model.safetensors").keys() == load_file(tmp_path / "fsdp" / "model.safetensors").keys()
+    ref, ours = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "fsdp"))
+    assert ours["fsdp"] is True and ref["fsdp"] is False
+    assert ours["rank0_parameter_mib"] == pytest.approx(ref["rank0_parameter_mib"] / 2, rel=0.05)  # half of every tensor
+    # the held-out retain CE, a forward through the sharded teacher and student on every rank
+    d_ref, d_ours = ref["distill"], ours["distill"]
+    assert d_ours["teacher_retain_ce"] == pytest.approx(d_ref["teacher_retain_ce"], rel=1e-6)
+    assert d_ours["student_retain_ce"] == pytest.approx(d_ref["student_retain_ce"], rel=1e-4)
+
+    # SIGTERM to the launcher: every rank stops after the same step, the state gathered whole;
+    # the same command resumes the shards from it and ends on the uninterrupted run's weights
+    out, state = tmp_path / "resumed", tmp_path / ".resumed.resume" / "state.json"
+    command = [*torchrun, *distill_args(teacher, *common, "trainer.save_every=2"), f"output_dir={out}"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert "stopped by SIGTERM after step" in stdout and not out.exists(), stderr[-3000:]
+    stopped_at = json.loads(state.read_text())["step"]
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming at step {stopped_at}" in again.stdout
+    assert_same_weights(tmp_path / "fsdp", out, 0.0)
+    assert not state.parent.exists()
 
 
 def test_a_distillation_too_big_for_the_device_is_refused_naming_a_batch_size_that_fits(teacher, tmp_path,

@@ -31,6 +31,16 @@ def test_the_estimate_adds_up_and_activations_grow_with_batch_and_length():
     assert half["optimizer"] == 100 * 12  # two float32 moments and the float32 masters
 
 
+def test_fsdp_divides_the_distillations_weights_and_training_state_over_its_processes():
+    config = tiny_config()
+    one = memory.estimate_distill(config, 8000, dtype="float32", batch=2, seq_len=32)
+    four = memory.estimate_distill(config, 8000, dtype="float32", batch=2, seq_len=32, shards=4)
+    layer = 2 * 8000 / config.num_hidden_layers * 4  # one decoder layer of each model gathered at a time
+    assert four["weights"] == one["weights"] / 4 + layer
+    assert four["gradients"] == one["gradients"] / 4 and four["optimizer"] == one["optimizer"] / 4
+    assert four["activations"] == one["activations"] and four["logits"] == one["logits"]
+
+
 def refusal(monkeypatch, available: int, *overrides: str) -> str:
     monkeypatch.setattr(memory, "device_memory", lambda device: ("the CPU", available, 1))
     cfg = make_cfg(TINY + list(overrides))

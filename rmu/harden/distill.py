@@ -33,7 +33,7 @@ from rmu.harden.output import write_hardened
 from rmu.harden.plan import DistillPlan, plan_distill
 from rmu.models.loading import configure_tokenizer, load_model
 from rmu.run.distributed import Ranks
-from rmu.run.fsdp import local_parameter_mib
+from rmu.run.fsdp import full_state_dict, local_parameter_mib, shard_whole
 from rmu.run.progress import Progress
 from rmu.run.resume import Preemption, Resume
 from rmu.run.tracking import Tracker
@@ -95,10 +95,7 @@ def retain_ce(model, tokenizer, texts: list[str], max_length: int, device, batch
 def check(cfg: DictConfig) -> tuple[DistillPlan, Ranks]:
     """Every check that needs no weights, then what this launch can run."""
     ranks = Ranks(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())
-    if ranks.fsdp:
-        fail("accelerate launch", "FSDP", "rmu.distill trains every parameter of the student and runs data parallel "
-                                          "only; launch without an FSDP config (each process holds both models)")
-    plan = plan_distill(cfg, ranks.size)
+    plan = plan_distill(cfg, ranks.size, shards=ranks.size if ranks.fsdp else 1)
     missing = [name for name, _, _ in plan.eval_sets if name not in plan.teacher_results.eval]
     if missing:
         fail("eval.sets", [name for name, _, _ in plan.eval_sets],
@@ -113,15 +110,21 @@ def setup(cfg: DictConfig) -> Distill:
 
 
 def build(cfg: DictConfig, plan: DistillPlan, ranks: Ranks) -> Distill:
-    """The frozen teacher, the damaged student, the optimizer and the packed rows."""
-    teacher, tokenizer = load_model(cfg.model, cfg.seed, device=ranks.device if ranks.size > 1 else None)
+    """The frozen teacher, the damaged student, the optimizer and the packed rows. Under FSDP
+    both models are built whole in CPU memory on every rank (the same seed damages them alike),
+    then every parameter of both is sharded over the ranks (rmu/run/fsdp.py `shard_whole`)."""
+    where = torch.device("cpu") if ranks.fsdp else ranks.device if ranks.size > 1 else None
+    teacher, tokenizer = load_model(cfg.model, cfg.seed, device=where)
     tokenizer = configure_tokenizer(tokenizer, cfg.model, cfg.data)
     teacher.requires_grad_(False).eval()
-    device = next(teacher.parameters()).device
     d = cfg.distill
-    teacher_ce = retain_ce(teacher, tokenizer, plan.heldout, plan.retain[0].max_length, device)
     student = copy.deepcopy(teacher).train()
     damaged = damage(student, d.alpha, d.beta, cfg.seed)
+    if ranks.fsdp:
+        for model in (teacher, student):
+            shard_whole(model, ranks)  # and onto this rank's device
+    device = ranks.device if ranks.fsdp else next(teacher.parameters()).device
+    teacher_ce = retain_ce(teacher, tokenizer, plan.heldout, plan.retain[0].max_length, device)
     updated = [p.requires_grad_(True) for p in student.parameters()]
     updater = Updater(updated, lr=d.lr, betas=d.betas, eps=d.eps, weight_decay=0.0, master_weights=d.master_weights,
                       ranks=ranks)
@@ -134,7 +137,8 @@ def build(cfg: DictConfig, plan: DistillPlan, ranks: Ranks) -> Distill:
     ranks.print(f"rmu: distilling {cfg.model.path} into a student damaged with alpha {d.alpha}, beta {d.beta} "
                 f"({damaged['matrices']} matrices, {damaged['vectors']} vectors); {plan.steps} steps of "
                 f"{plan.global_rows} x {d.seq_len} tokens ({plan.forget_rows} forget rows); teacher retain CE "
-                f"{teacher_ce:.4f}" + (f", {ranks.size} processes" if ranks.size > 1 else ""))
+                f"{teacher_ce:.4f}" + (f", {ranks.size} processes" if ranks.size > 1 else "")
+                + (" (FSDP: both models sharded)" if ranks.fsdp else ""))
     tracker = ranks.on_main(lambda: Tracker(cfg, True)) or Tracker(cfg, False)
     return Distill(cfg, plan, ranks, teacher, student, tokenizer, device, updated, updater, forget, retain,
                    teacher_ce, damaged, tracker)
@@ -213,13 +217,19 @@ def fit(d: Distill, before: tuple, folder=None, preemption: Preemption | None = 
     return rows
 
 
+def evaluate_on_ranks(d: Distill, model) -> dict:
+    """The sets' scores: rank 0 alone, or under FSDP every rank (the sharded layers gather over all)."""
+    scores = lambda: evaluate(model, d.tokenizer, d.plan.eval_sets, d.cfg.eval.batch_size)  # noqa: E731
+    return (scores() if d.ranks.fsdp else d.ranks.on_main(scores)) or {}
+
+
 def evaluate_teacher(d: Distill) -> tuple[dict, None]:
-    return d.ranks.on_main(lambda: evaluate(d.teacher, d.tokenizer, d.plan.eval_sets, d.cfg.eval.batch_size)) or {}, None
+    return evaluate_on_ranks(d, d.teacher), None
 
 
 def evaluate_student(d: Distill) -> tuple[dict, None]:
     d.model.eval()
-    return d.ranks.on_main(lambda: evaluate(d.model, d.tokenizer, d.plan.eval_sets, d.cfg.eval.batch_size)) or {}, None
+    return evaluate_on_ranks(d, d.model), None
 
 
 def distill_results(d: Distill, rows: list[dict], before: tuple, after: tuple, seconds: dict) -> RunResults:
@@ -230,7 +240,7 @@ def distill_results(d: Distill, rows: list[dict], before: tuple, after: tuple, s
     teacher_scores, student_scores = before[0], after[0]
     results = copy.deepcopy(plan.teacher_results)
     results.output_dir, results.seconds, results.harness = str(cfg.output_dir), seconds, None
-    results.processes, results.fsdp = d.ranks.size, False
+    results.processes, results.fsdp = d.ranks.size, d.ranks.fsdp
     results.rank0_parameter_mib = round(local_parameter_mib(d.model), 3)
     results.eval = {name: {"role": role, "base": plan.teacher_results.eval[name]["base"], "unlearned": student_scores[name]}
                     for name, role, _ in plan.eval_sets}
@@ -253,5 +263,6 @@ def write(d: Distill, rows: list[dict], before: tuple, after: tuple, seconds: di
     """The output folder, atomically, on rank 0: the student's weights and tokenizer, the
     teacher's RMU files as they are (TEACHER_FILES), distill_config.yaml, distill_metrics.jsonl,
     results.json, eval_table.txt and the report."""
+    weights = full_state_dict(d.model) if d.ranks.fsdp else None  # every rank joins the gather
     return d.ranks.on_main(lambda: write_hardened(d, "distill", distill_results(d, rows, before, after, seconds),
-                                                  rows, started, folder))
+                                                  rows, started, folder, weights))

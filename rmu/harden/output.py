@@ -19,12 +19,14 @@ from rmu.run.checkpoint import staged_output
 START_FILES = ("rmu_config.yaml", "metrics.jsonl", "control_vectors.safetensors")
 
 
-def write_hardened(run, kind: str, results: RunResults, rows: list[dict], started: float, folder=None) -> RunResults:
+def write_hardened(run, kind: str, results: RunResults, rows: list[dict], started: float, folder=None,
+                   weights: dict | None = None) -> RunResults:
     """Write `run`'s output folder: `kind`_config.yaml and `kind`_metrics.jsonl beside the rest
-    (`kind`: distill | tar). Once written, the run folder's resume state is cleared."""
+    (`kind`: distill | tar). `weights`: the model's whole state dict when it is sharded (FSDP).
+    Once written, the run folder's resume state is cleared."""
     cfg, source, t0 = run.cfg, Path(run.cfg.model.path).expanduser(), time.perf_counter()
     with staged_output(cfg.output_dir, cfg.overwrite, run.run_id) as out:
-        run.model.save_pretrained(out, safe_serialization=True)
+        run.model.save_pretrained(out, state_dict=weights, safe_serialization=True)
         run.tokenizer.save_pretrained(out)
         for name in START_FILES:
             if (source / name).is_file():

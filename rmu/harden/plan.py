@@ -112,8 +112,9 @@ def check_start(cfg: DictConfig) -> tuple[dict, RunResults, object, list]:
     return teacher_config, teacher_results, config, eval_sets
 
 
-def plan_distill(cfg: DictConfig, processes: int) -> DistillPlan:
-    """The checks in the order a user wants to hear of them; nothing here loads weights."""
+def plan_distill(cfg: DictConfig, processes: int, shards: int = 1) -> DistillPlan:
+    """The checks in the order a user wants to hear of them; nothing here loads weights.
+    `shards`: the processes FSDP shards both models over (1 without FSDP)."""
     check_values(cfg)
     check_model(cfg.model)
     check_data(cfg.data)
@@ -146,7 +147,7 @@ def plan_distill(cfg: DictConfig, processes: int) -> DistillPlan:
     # The student's weights, and a resume state of its weights and AdamW's two moments: 4x the teacher's.
     check_writable(cfg.output_dir, 4 * _folder_bytes(Path(cfg.model.path).expanduser()),
                    what="the run (the student's weights, and a resume state of weights and AdamW moments)")
-    check_distill_memory(cfg, config, sum(sizes.values()))
+    check_distill_memory(cfg, config, sum(sizes.values()), shards)
     return DistillPlan(teacher_config, teacher_results, forget, retain, heldout, eval_sets, steps, forget_rows,
                        global_rows, config)
 

@@ -70,6 +70,21 @@ def load_sharded(ranks, mcfg, seed: int, keep: range):
     return model.train(), tokenizer, len(sharded)
 
 
+def shard_whole(model, ranks) -> None:
+    """FSDP over every parameter of `model` (already whole on each rank, as rmu.distill builds
+    its teacher and student): each decoder layer one unit, the embeddings, final norm and head
+    the root's. Gradients are summed over the ranks, not averaged: each rank's loss is already
+    its share of the global batch's mean (as plain data parallel sums them, rmu/run/distributed.py)."""
+    mesh = init_device_mesh(ranks.device.type, (ranks.size,))
+    offload = CPUOffloadPolicy() if ranks.offload_params else OffloadPolicy()
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh, reshard_after_forward=ranks.reshard_after_forward, offload_policy=offload)
+    fully_shard(model, mesh=mesh, reshard_after_forward=ranks.reshard_after_forward, offload_policy=offload)
+    for unit in [*decoder_layers(model), model]:  # each FSDP unit reduces its own gradients
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo (CPU) has no pre-multiplied sum
+
+
 def local_parameter_mib(model) -> float:
     """Parameter memory this rank holds (a sharded tensor counts its own shard only)."""
 
@@ -79,4 +94,11 @@ def local_parameter_mib(model) -> float:
 
 def full_state_dict(model) -> dict:
     """Every rank joins; rank 0 gets the whole model's weights on the CPU (others: {})."""
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # A tied tensor (input and output embeddings) is one parameter under two names; the gather
+    # gives each name its own copy, which save_pretrained would write twice. Keep the first name.
+    first = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        first.setdefault(id(p), name)
+    tied = {name for name, p in model.named_parameters(remove_duplicate=False) if first[id(p)] != name}
+    return {k: v for k, v in weights.items() if k not in tied}

@@ -59,20 +59,23 @@ def estimate(config, n_params: int, n_updated: int, *, dtype: str, span_layers: 
 
 
 def estimate_distill(config, n_params: int, *, dtype: str, batch: int, seq_len: int,
-                     master_weights: bool = True) -> dict:
+                     master_weights: bool = True, shards: int = 1) -> dict:
     """Bytes by part of one process of `rmu.distill` (rmu/harden/distill.py): the frozen
     teacher and the student whole, every student parameter trained (its gradient, AdamW's
     moments and, in half precision, its float32 master), the student's activations through
     every layer, and the logits: the teacher's and the student's, each in the model dtype and
     as float32 log-probabilities, and the gradient of the student's (5 vocabulary-wide
-    float32 tensors per token at the peak, counted as 5 · 4 bytes)."""
+    float32 tensors per token at the peak, counted as 5 · 4 bytes). Under FSDP over `shards`
+    processes each holds 1/shards of the weights and training state, plus one decoder layer
+    of each model gathered whole at a time."""
     w = WIDTH.get(dtype, 4)
     masters = master_weights and w == 2
     tokens = batch * seq_len
+    gathered = 0 if shards == 1 else 2 * n_params / config.num_hidden_layers * w
     parts = {
-        "weights": 2 * n_params * w,
-        "gradients": n_params * (w + (4 if masters else 0)),
-        "optimizer": n_params * (12 if masters else 2 * w),
+        "weights": 2 * n_params * w / shards + gathered,
+        "gradients": n_params * (w + (4 if masters else 0)) / shards,
+        "optimizer": n_params * (12 if masters else 2 * w) / shards,
         "activations": per_token_layer(config) * config.num_hidden_layers * tokens * w,
         "logits": tokens * config.vocab_size * (2 * w + 5 * 4),
     }
@@ -80,15 +83,15 @@ def estimate_distill(config, n_params: int, *, dtype: str, batch: int, seq_len: 
     return parts
 
 
-def check_distill_memory(cfg, config, n_params: int) -> None:
+def check_distill_memory(cfg, config, n_params: int, shards: int = 1) -> None:
     """Refuse, before loading, a distillation whose estimate does not fit its device, naming
-    the trainer.batch_size that would."""
+    the trainer.batch_size that would (`shards`: FSDP's processes, 1 without it)."""
     where, available, sharing = device_memory(str(cfg.model.device))
     if available is None:
         return
     batch = int(cfg.trainer.batch_size)
     parts = estimate_distill(config, n_params, dtype=cfg.model.dtype, batch=batch, seq_len=cfg.distill.seq_len,
-                             master_weights=bool(cfg.distill.master_weights))
+                             master_weights=bool(cfg.distill.master_weights), shards=shards)
     need = (parts["total"] + RUNTIME) * sharing
     if need <= available:
         return

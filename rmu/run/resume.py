@@ -41,6 +41,7 @@ from rmu.run import pause, signals
 from rmu.run.checkpoint import os_error_message
 from rmu.errors import OutputError, ResumeError, TrainingError
 from rmu.run.lock import held
+from rmu.run.shards import like, sharded_optimizer_state
 
 FORMAT = 2
 # Keys that may differ between the interrupted and the resumed run; output_dir is where
@@ -225,15 +226,17 @@ class Resume:
         return state
 
     def save(self, step: int, updated: list[torch.Tensor], updater, rows: list[dict], robust=None,
-             before=None) -> None:
+             before=None, whole: dict | None = None) -> None:
         """Write the state after `step` steps, atomically. Refuses values that are not finite.
         A state of this very step on disk is kept as it is (a run resumed after training and
-        stopped again during the evaluation)."""
+        stopped again during the evaluation). `whole`: the trained tensors, optimizer state and
+        masters already gathered from FSDP shards (rmu/run/shards.py `gathered`)."""
         if self.saved_step == step:
             return
-        tensors = {"updated": [p.detach().cpu().clone() for p in updated],
-                   "optimizer": updater.optimizer.state_dict(),
-                   "masters": [m.detach().cpu().clone() for m in updater.masters] if updater.masters else None,
+        tensors = whole or {"updated": [p.detach().cpu().clone() for p in updated],
+                            "optimizer": updater.optimizer.state_dict(),
+                            "masters": [m.detach().cpu().clone() for m in updater.masters] if updater.masters else None}
+        tensors = {**tensors,
                    "robust": robust.state_dict() if robust is not None else None,
                    "rng": {"torch": torch.get_rng_state(),
                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
@@ -282,13 +285,15 @@ class Resume:
         if shapes != [tuple(p.shape) for p in updated]:
             raise ResumeError(f"the resume state holds tensors of shapes {shapes}, this run updates "
                               f"{[tuple(p.shape) for p in updated]}")
-        with torch.no_grad():
+        with torch.no_grad():  # like(): whole saved values into FSDP shards (rmu.distill under FSDP)
             for p, v in zip(updated, state["updated"], strict=True):
-                p.copy_(v)
+                p.copy_(like(v, p))
             if state["masters"] is not None:
                 for m, v in zip(updater.masters, state["masters"], strict=True):
-                    m.copy_(v)
-        updater.optimizer.load_state_dict(state["optimizer"])
+                    m.copy_(like(v, m))
+        params = updater.masters or updater.params
+        updater.optimizer.load_state_dict(sharded_optimizer_state(state["optimizer"], params) if updater.sharded
+                                          else state["optimizer"])
         updater.scale, updater.good_steps = state["scale"], state["good_steps"]
         if robust is not None:  # the robust stages' running values (rmu/unlearn/robust.py)
             robust.load_state_dict(state["robust"])

@@ -15,8 +15,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from rmu.errors import TrainingError
+from rmu.run.shards import local
 
 INITIAL_SCALE = 2.0 ** 16
 GROWTH_INTERVAL = 200  # steps without overflow before the float16 loss scale doubles
@@ -58,12 +60,17 @@ class ReferenceAdamW(torch.optim.Optimizer):
                     p.add_(p, alpha=-group["lr"] * group["weight_decay"])
 
 
-def clip_(grads: list[torch.Tensor], max_norm: float | None) -> float | None:
+def clip_(grads: list[torch.Tensor], max_norm: float | None, ranks=None) -> float | None:
     """Scales `grads` in place to a global L2 norm of `max_norm` at most, and returns their norm
-    before; None (and nothing computed) without a `max_norm`."""
+    before; None (and nothing computed) without a `max_norm`. With `ranks`, the gradients are
+    FSDP shards: the squares of every rank's shards are summed for the norm."""
     if max_norm is None:
         return None
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
+    if ranks is not None:
+        squares = sum(local(g).float().pow(2).sum() for g in grads)
+        norm = ranks.total(squares).sqrt().item()
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).item()
     if norm > max_norm:
         for g in grads:
             g.mul_(max_norm / (norm + 1e-6))
@@ -75,6 +82,9 @@ class Updater:
                  master_weights: bool, ranks=None, reference: bool = False):
         self.params = params
         self.ranks = ranks  # several processes: gradients are summed over them (rmu/run/distributed.py)
+        # FSDP shards of trained tensors (rmu.distill under FSDP): FSDP has summed their gradients,
+        # and each rank holds part of every tensor, so checks and norms combine the ranks' parts.
+        self.sharded = any(isinstance(p, DTensor) for p in params)
         half = params[0].dtype in (torch.bfloat16, torch.float16)
         self.masters = ([p.detach().float().clone().requires_grad_(True) for p in params]
                         if half and master_weights else None)
@@ -85,14 +95,16 @@ class Updater:
         self.optimizer = kind(self.masters or params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
     def _sum_over_ranks(self):
-        if self.ranks is not None:
+        if self.ranks is not None and not self.sharded:
             self.ranks.sum_grads(self.params)
 
-    @staticmethod
-    def _finite_or_stop(tensors, what: str) -> None:
+    def _finite_or_stop(self, tensors, what: str) -> None:
         """A non-finite gradient or weight stops the run before it reaches a saved state
-        (summed over ranks first, so every rank stops together)."""
-        if not all(bool(torch.isfinite(t).all()) for t in tensors if t is not None):
+        (summed over ranks first, or for shards checked on every rank, so every rank stops together)."""
+        finite = all(bool(torch.isfinite(local(t)).all()) for t in tensors if t is not None)
+        if self.sharded:
+            finite = not self.ranks.any(not finite)
+        if not finite:
             raise TrainingError(f"{what} not finite; the step was not applied" if what.startswith("a gradient")
                                 else f"{what} not finite after the step")
 
@@ -106,7 +118,7 @@ class Updater:
             loss.backward()
             self._sum_over_ranks()
             self._finite_or_stop([p.grad for p in self.params], "a gradient is")
-            self.grad_norm = clip_([p.grad for p in self.params], max_norm)
+            self.grad_norm = clip_([p.grad for p in self.params], max_norm, self.ranks if self.sharded else None)
             self.optimizer.step()
             self._finite_or_stop(self.params, "the updated tensors are")
             return True
@@ -120,7 +132,7 @@ class Updater:
             self.good_steps = 0
             return False
         self._finite_or_stop(grads, "a gradient is")
-        self.grad_norm = clip_(grads, max_norm)
+        self.grad_norm = clip_(grads, max_norm, self.ranks if self.sharded else None)
         for m, g in zip(self.masters, grads):
             m.grad = g
         self.optimizer.step()

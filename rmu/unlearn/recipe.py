@@ -41,6 +41,7 @@ from rmu.run import signals
 from rmu.run.pause import pause_point
 from rmu.run.progress import Progress
 from rmu.run.resume import Preemption, Resume
+from rmu.run.shards import gathered
 from rmu.run.tracking import Tracker
 from rmu.unlearn.losses import mean_token_norm, random_directions, reference_controls
 from rmu.unlearn.optim import Updater
@@ -238,7 +239,9 @@ def save_or_stop(run: Run, folder, preemption: Preemption | None, rows: list[dic
         preemption.requested = stop  # every rank then takes the same path after training too
     every = run.cfg.trainer.save_every
     if done < steps and (stop or (every and done % every == 0)):
-        ranks.on_main(lambda: folder.resume.save(done, run.updated, run.updater, rows, run.robust, before))
+        # FSDP shards of the trained tensors (rmu.distill): every rank joins gathering them whole first.
+        whole = gathered(run.updated, run.updater.optimizer, run.updater.masters) if run.updater.sharded else None
+        ranks.on_main(lambda: folder.resume.save(done, run.updated, run.updater, rows, run.robust, before, whole))
         if folder.resume.moved and not stop:  # training goes on: say where its state went
             ranks.print(folder.resume.moved)
             folder.resume.moved = None
