@@ -157,7 +157,11 @@ def test_bad_input_is_refused_by_name_before_any_weight_loads(teacher, tmp_path)
 @pytest.mark.slow
 def test_sigterm_then_restart_ends_with_the_weights_of_an_uninterrupted_distillation(teacher, tmp_path):
     args = distill_args(teacher, "distill.max_tokens=2560", "trainer.save_every=4", "distill.retain_ce_gap=null")
-    sigterm_then_resume(tmp_path, args, module="rmu.distill", steps=40, metrics="distill_metrics.jsonl")
+    resumed = sigterm_then_resume(tmp_path, args, module="rmu.distill", steps=40, metrics="distill_metrics.jsonl")
+    # its throughput counts the steps the resuming process ran, over that process's training time
+    saved = json.loads((resumed.resumed / "results.json").read_text())
+    ran = (40 - resumed.stopped_at) * 2 * 32
+    assert saved["distill"]["tokens_per_s"] == round(ran / saved["seconds"]["train"])
 
 
 @pytest.mark.slow

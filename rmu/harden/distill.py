@@ -59,6 +59,7 @@ class Distill:
     damaged: dict  # how many matrices and vectors the damage changed
     tracker: Tracker
     robust: None = None  # no robust stages: what save_or_stop and the resume state expect
+    resumed_at: int = 0  # the step this process started at (> 0 when it resumed a state)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -189,6 +190,7 @@ def fit(d: Distill, before: tuple, folder=None, preemption: Preemption | None = 
     if folder is not None and folder.state is not None:
         Resume.restore(folder.state, d.updated, d.updater)
         rows, start = folder.state["rows"], folder.state["step"]
+        d.resumed_at = start
         ranks.print(f"rmu: resuming at step {start} from {folder.resume.folder}")
     show = lambda r: {"kl": f"{r['kl']:.4g}", **({"retain_ce": f"{r['retain_ce']:.4f}"} if "retain_ce" in r else {})}  # noqa: E731
     progress = Progress(cfg.trainer.progress and ranks.main, start, plan.steps, name="distill", show=show)
@@ -254,7 +256,9 @@ def distill_results(d: Distill, rows: list[dict], before: tuple, after: tuple, s
         "batch_rows": plan.global_rows, "forget_rows": plan.forget_rows, "hidden_mse": c.hidden_mse,
         "teacher_retain_ce": d.teacher_ce, "student_retain_ce": ces[-1]["retain_ce"] if ces else None,
         "teacher_eval": teacher_scores,
-        "tokens_per_s": round(len(rows) * plan.global_rows * c.seq_len / seconds["train"]) if seconds["train"] else None}
+        # seconds["train"] is this process's: a resumed run counts the steps it ran itself
+        "tokens_per_s": (round((len(rows) - d.resumed_at) * plan.global_rows * c.seq_len / seconds["train"])
+                         if seconds["train"] else None)}
     return results
 
 
