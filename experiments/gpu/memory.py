@@ -159,13 +159,15 @@ def distill_table() -> str:
     n_params = sum(parameter_layout(config)[0].values())
     lines = ["| rows per GPU × tokens | weights (teacher + student) | gradients + AdamW | activations | logits | total |",
              "|---|---|---|---|---|---|"]
-    for batch in (1, 4, 8, 14):
-        for masters in (False, True):
-            e = estimate_distill(config, n_params, dtype=cfg.model.dtype, batch=batch, seq_len=cfg.distill.seq_len,
-                                 master_weights=masters)
-            lines.append(f"| {batch} × {cfg.distill.seq_len}{' (float32 masters)' if masters else ''} | "
-                         f"{e['weights'] / GIB:.1f} GiB | {(e['gradients'] + e['optimizer']) / GIB:.1f} GiB | "
-                         f"{e['activations'] / GIB:.1f} GiB | {e['logits'] / GIB:.1f} GiB | {e['total'] / GIB:.1f} GiB |")
+    runs = [(batch, masters, 1) for batch in (1, 4, 8, 14) for masters in (False, True)]
+    runs += [(14, masters, 8) for masters in (False, True)]  # FSDP over 8 GPUs: both models sharded
+    for batch, masters, shards in runs:
+        e = estimate_distill(config, n_params, dtype=cfg.model.dtype, batch=batch, seq_len=cfg.distill.seq_len,
+                             master_weights=masters, shards=shards)
+        lines.append(f"| {batch} × {cfg.distill.seq_len}{' (float32 masters)' if masters else ''}"
+                     f"{', FSDP over 8' if shards > 1 else ''} | "
+                     f"{e['weights'] / GIB:.1f} GiB | {(e['gradients'] + e['optimizer']) / GIB:.1f} GiB | "
+                     f"{e['activations'] / GIB:.1f} GiB | {e['logits'] / GIB:.1f} GiB | {e['total'] / GIB:.1f} GiB |")
     return f"Zephyr-7B ({n_params / 1e9:.2f} B parameters) distilled, per GPU:\n\n" + "\n".join(lines)
 
 
