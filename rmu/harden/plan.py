@@ -116,19 +116,8 @@ def plan_distill(cfg: DictConfig, processes: int, shards: int = 1) -> DistillPla
     """The checks in the order a user wants to hear of them; nothing here loads weights.
     `shards`: the processes FSDP shards both models over (1 without FSDP)."""
     check_values(cfg)
-    check_model(cfg.model)
-    check_data(cfg.data)
-    check_eval(cfg.eval)
-    if cfg.export.repo_id is not None or cfg.export.push:
-        check_export_target(cfg.export, "export.")
-    teacher_config, teacher_results = read_teacher(cfg)
-    config = read_model_config(cfg.model, "model")
+    teacher_config, teacher_results, config, eval_sets = check_start(cfg)
     sizes, _ = parameter_layout(config, cfg.model.trust_remote_code)
-    eval_sets = load_eval_sets(cfg.eval)
-    check_output_dir(cfg.output_dir, cfg.overwrite, protected=(cfg.model.path,))
-    if cfg.export.repo_id:
-        check_output_dir(cfg.output_dir.rstrip("/") + "-hub", cfg.overwrite, protected=(cfg.model.path,),
-                         key="output_dir (its -hub folder)")
     forget, retain = load_corpora(cfg.data)
     retain = list({id(c): c for c in retain}.values())  # one retain corpus shared by all topics counts once
     d = cfg.distill
