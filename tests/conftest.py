@@ -120,6 +120,19 @@ class Resumed:
     again: subprocess.CompletedProcess
 
 
+def sigterm_once_saved(command: list[str], state: Path, env: dict) -> tuple[subprocess.Popen, str, str]:
+    """Start `command`, send it SIGTERM as soon as it has written the resume `state` file, and
+    return (the process, its stdout, its stderr) once it has stopped."""
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    return proc, stdout, stderr
+
+
 def sigterm_then_resume(tmp_path: Path, overrides: list[str], module: str = "rmu.train", steps: int | None = None,
                         metrics: str = "metrics.jsonl") -> Resumed:
     """The preemption check: `python -m <module> <overrides>` runs straight through into
@@ -134,14 +147,8 @@ def sigterm_then_resume(tmp_path: Path, overrides: list[str], module: str = "rmu
     done = run_cli(module, *overrides, f"output_dir={straight}")
     assert done.returncode == 0, done.stderr[-3000:]
 
-    proc = subprocess.Popen([sys.executable, "-m", module, *overrides, f"output_dir={out}"], cwd=ROOT,
-                            env={**os.environ, **OFFLINE}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=300)
+    proc, stdout, stderr = sigterm_once_saved([sys.executable, "-m", module, *overrides, f"output_dir={out}"],
+                                              state, {**os.environ, **OFFLINE})
     assert proc.returncode == 143, stderr[-3000:]
     assert "stopped by SIGTERM after step" in stdout and not out.exists()
     stopped_at = json.loads(state.read_text())["step"]

@@ -4,10 +4,8 @@ bad input refused before loading, resume after SIGTERM and two processes equal t
 
 import json
 import math
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,8 @@ from rmu.harden.noise import damage, xavier_uniform
 from rmu.distill import distill
 from rmu.export import prepare
 from rmu.train import train
-from tests.conftest import ENV, ROOT, TINY, assert_same_weights, make_cfg, run_cli, sigterm_then_resume
+from tests.conftest import (ENV, ROOT, TINY, assert_same_weights, make_cfg, run_cli, sigterm_once_saved,
+                            sigterm_then_resume)
 
 
 def tiny_llama():
@@ -216,13 +215,7 @@ def test_fsdp_shards_both_models_and_ends_where_one_process_does(teacher, tmp_pa
     # the same command resumes the shards from it and ends on the uninterrupted run's weights
     out, state = tmp_path / "resumed", tmp_path / ".resumed.resume" / "state.json"
     command = [*torchrun, *distill_args(teacher, *common, "trainer.save_every=2"), f"output_dir={out}"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=300)
+    _, stdout, stderr = sigterm_once_saved(command, state, env)
     assert "stopped by SIGTERM after step" in stdout and not out.exists(), stderr[-3000:]
     stopped_at = json.loads(state.read_text())["step"]
     again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
