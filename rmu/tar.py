@@ -2,6 +2,7 @@
 
     python -m rmu.tar model.path=outputs/rmu-20261201-101500                  # a run on the bundled model
     python -m rmu.tar model=lab_base data=lab eval=lab tar=lab model.path=<a lab RMU run>
+    accelerate launch --config_file experiments/accelerate/fsdp.yaml -m rmu.tar model.path=<run>   # FSDP
 
 The start is a run folder written by rmu.train; the output is a run folder like it. The
 method is in rmu/harden/tar.py; this command runs it inside the run's own folder
@@ -30,7 +31,8 @@ STAGES = Stages(before=evaluate_start, fit=fit, after=evaluate_trained, write=wr
 
 
 def tar(cfg: DictConfig) -> RunResults | None:
-    """Check, take the folder, score the start, train, score, write (and export when asked)."""
+    """Check, take the folder, score the start, train, score, write (and export when asked).
+    Returns results.json's content on rank 0 (None elsewhere)."""
     t0 = time.perf_counter()
     auto_resume = OmegaConf.is_interpolation(cfg, "output_dir")
     cfg.output_dir = str(cfg.output_dir)
@@ -38,6 +40,8 @@ def tar(cfg: DictConfig) -> RunResults | None:
     with RunFolder(cfg, ranks, auto_resume) as folder:
         run = build(cfg, plan, ranks)
         results = run_to_end(run, folder, t0, STAGES)
+    if results is None:  # a rank other than 0: rank 0 wrote the folder
+        return None
     print(results.table())
     s, info = results.seconds, results.tar
     print(f"rmu: wrote {cfg.output_dir} in {s['total']:.1f}s (train {s['train']:.1f}s: {info['outer_steps']} outer "

@@ -63,17 +63,26 @@ def read_attack(folder: Path) -> dict:
 
 
 def read_config(path: Path) -> dict:
-    """The recipes file. A recipe is a list of rmu.train overrides, or a hardened recipe
-    {teacher: <an earlier recipe>, distill: [rmu.distill overrides]} (or tar: [rmu.tar
-    overrides]) whose seed s hardens that recipe's seed s (the file's `distill` or `tar` list
-    is added to every one)."""
+    """The recipes file. A recipe is a list of rmu.train overrides ({train: [overrides],
+    seeds: [...]} to run it on some of the file's seeds), or a hardened recipe {teacher: <an
+    earlier recipe>, distill: [rmu.distill overrides]} (or tar: [rmu.tar overrides]) whose
+    seed s hardens that recipe's seed s (the file's `distill` or `tar` list is added to every one)."""
     cfg = load_config(path, ("seeds", "recipes", "train", "attack"),
                       optional=("work_dir", "distill", "tar", "pretrain_tokens", "attack_name"))
     if not re.fullmatch(r"[a-z][a-z_]*", str(cfg.setdefault("attack_name", "attack"))):
         sys.exit(f"error: {path}: attack_name {cfg['attack_name']!r}: lower-case letters and _ only (it names the "
                  f"<seed>-<attack_name> folders)")
-    earlier = []
-    for name, spec in cfg["recipes"].items():
+    earlier, cfg["own_seeds"] = [], {}
+    for name, spec in list(cfg["recipes"].items()):
+        if isinstance(spec, dict) and "train" in spec:  # {train: [overrides], seeds: [...]}: fewer seeds
+            if sorted(spec) != ["seeds", "train"] or not isinstance(spec["train"], list):
+                sys.exit(f"error: {path}: recipe {name}: a trained recipe on some seeds is {{train: [overrides], "
+                         f"seeds: [...]}}; got the keys {sorted(spec)}")
+            if not spec["seeds"] or not set(spec["seeds"]) <= set(cfg["seeds"]):
+                sys.exit(f"error: {path}: recipe {name}: seeds {spec['seeds']!r} must be some of the file's seeds "
+                         f"{cfg['seeds']}")
+            cfg["own_seeds"][name], spec = spec["seeds"], spec["train"]
+            cfg["recipes"][name] = spec
         if isinstance(spec, dict):
             kind = hardening(spec)
             if kind is None or not isinstance(spec[kind], list):
@@ -82,9 +91,10 @@ def read_config(path: Path) -> dict:
             if spec["teacher"] not in earlier or isinstance(cfg["recipes"][spec["teacher"]], dict):
                 sys.exit(f"error: {path}: recipe {name}: teacher {spec['teacher']!r} must be a trained recipe listed "
                          f"before it ({', '.join(r for r in earlier if isinstance(cfg['recipes'][r], list)) or 'none'})")
-            if not set(spec.get("seeds", cfg["seeds"])) <= set(cfg["seeds"]) or not spec.get("seeds", cfg["seeds"]):
-                sys.exit(f"error: {path}: recipe {name}: seeds {spec['seeds']!r} must be some of the file's seeds "
-                         f"{cfg['seeds']} (its teacher's models)")
+            theirs = seeds_of(cfg, spec["teacher"])
+            if not set(spec.get("seeds", theirs)) <= set(theirs) or not spec.get("seeds", theirs):
+                sys.exit(f"error: {path}: recipe {name}: seeds {spec.get('seeds', theirs)!r} must be some of its "
+                         f"teacher's seeds {theirs} (its teacher's models)")
             if kind not in cfg:
                 sys.exit(f"error: {path}: recipe {name} runs rmu.{kind}: the file needs a `{kind}` list of the "
                          f"overrides every rmu.{kind} run gets (model, data, eval, {kind} group)")
@@ -101,10 +111,14 @@ def hardening(spec: dict) -> str | None:
 
 
 def seeds_of(cfg: dict, recipe: str) -> list:
-    """The seeds a recipe runs: the file's, or a hardened recipe's own `seeds` (some of them:
-    an expensive point of a curve measured on fewer seeds, and said so in results.md)."""
+    """The seeds a recipe runs: the file's, or a recipe's own `seeds` (some of them: an
+    expensive point of a curve, or a teacher only its seed 0 is hardened from, measured on
+    fewer seeds, and said so in results.md). A hardened recipe without its own takes its
+    teacher's."""
     spec = cfg["recipes"][recipe]
-    return spec.get("seeds", cfg["seeds"]) if isinstance(spec, dict) else cfg["seeds"]
+    if isinstance(spec, dict):
+        return spec.get("seeds", seeds_of(cfg, spec["teacher"]))
+    return cfg.get("own_seeds", {}).get(recipe, cfg["seeds"])
 
 
 def run_all(cfg: dict, work: Path, launcher: str | None) -> None:

@@ -26,10 +26,9 @@ from omegaconf import DictConfig
 from rmu.config.checks import fail
 from rmu.data import TokenStream, tokenize
 from rmu.errors import TrainingError
-from rmu.evaluation.mcq import evaluate
 from rmu.evaluation.results import RunResults
 from rmu.harden.noise import damage
-from rmu.harden.output import write_hardened
+from rmu.harden.output import scores_on_ranks, write_hardened
 from rmu.harden.plan import DistillPlan, plan_distill
 from rmu.models.loading import configure_tokenizer, load_model
 from rmu.run.distributed import Ranks
@@ -219,19 +218,13 @@ def fit(d: Distill, before: tuple, folder=None, preemption: Preemption | None = 
     return rows
 
 
-def evaluate_on_ranks(d: Distill, model) -> dict:
-    """The sets' scores: rank 0 alone, or under FSDP every rank (the sharded layers gather over all)."""
-    scores = lambda: evaluate(model, d.tokenizer, d.plan.eval_sets, d.cfg.eval.batch_size)  # noqa: E731
-    return (scores() if d.ranks.fsdp else d.ranks.on_main(scores)) or {}
-
-
 def evaluate_teacher(d: Distill) -> tuple[dict, None]:
-    return evaluate_on_ranks(d, d.teacher), None
+    return scores_on_ranks(d, d.teacher), None
 
 
 def evaluate_student(d: Distill) -> tuple[dict, None]:
     d.model.eval()
-    return evaluate_on_ranks(d, d.model), None
+    return scores_on_ranks(d, d.model), None
 
 
 def distill_results(d: Distill, rows: list[dict], before: tuple, after: tuple, seconds: dict) -> RunResults:

@@ -1,6 +1,7 @@
 """The run folder a hardening command writes (rmu.distill, rmu.tar): the trained weights, the
 starting run's RMU files as they are, the command's own config and per-step metrics, results.json,
-eval_table.txt and the report, atomically (rmu/run/checkpoint.py)."""
+eval_table.txt and the report, atomically (rmu/run/checkpoint.py); and the scores both take of
+the starting and the trained model."""
 
 from __future__ import annotations
 
@@ -11,12 +12,20 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from rmu.evaluation.mcq import evaluate
 from rmu.evaluation.results import RunResults
 from rmu.report import write_report
 from rmu.run.checkpoint import staged_output
 
 # The starting run's files the output keeps as they are: they say how RMU made that model.
 START_FILES = ("rmu_config.yaml", "metrics.jsonl", "control_vectors.safetensors")
+
+
+def scores_on_ranks(run, model) -> dict:
+    """The evaluation sets' scores of `model` (the starting one or the trained one): rank 0
+    alone, or under FSDP every rank (the sharded layers gather over all of them)."""
+    scores = lambda: evaluate(model, run.tokenizer, run.plan.eval_sets, run.cfg.eval.batch_size)  # noqa: E731
+    return (scores() if run.ranks.fsdp else run.ranks.on_main(scores)) or {}
 
 
 def write_hardened(run, kind: str, results: RunResults, rows: list[dict], started: float, folder=None,

@@ -15,6 +15,13 @@ Optionally `tar.safeguard_steps` steps of the paper's initial safeguard come fir
 text every layer's hidden state is pushed toward a fixed random vector of its token id
 (1 − |cos|, mean over layers), with the next-token loss on retain text.
 
+On several processes every batch size (the adversary's, the tamper-resistance batch, the
+retain batch) is per process, as in rmu.train: the global batch is that times the processes,
+each takes its slice, each loss is its rank's share of the global batch's mean and the
+gradients are summed over the ranks before any optimizer steps (plain data parallel, or FSDP's
+reduce-scatter when the model and its starting copy are sharded). Every rank's adversary takes
+the same steps, and two processes with batch b train what one does with 2b.
+
 As rmu/harden/distill.py: `check`, `build`, `fit` (the loop of `tar_step`), `write`;
 `python -m rmu.tar` (rmu/tar.py) runs them inside the run's folder.
 """
@@ -35,13 +42,12 @@ from omegaconf import DictConfig, OmegaConf
 from rmu.config.checks import fail
 from rmu.data import batch_texts, tokenize
 from rmu.errors import TrainingError
-from rmu.evaluation.mcq import evaluate
 from rmu.evaluation.results import RunResults
-from rmu.harden.output import write_hardened
+from rmu.harden.output import scores_on_ranks, write_hardened
 from rmu.harden.plan import TarPlan, plan_tar
 from rmu.models.loading import configure_tokenizer, load_model
 from rmu.run.distributed import Ranks
-from rmu.run.fsdp import local_parameter_mib
+from rmu.run.fsdp import full_state_dict, local_parameter_mib, shard_whole
 from rmu.run.progress import Progress
 from rmu.run.resume import Preemption, Resume
 from rmu.run.tracking import Tracker
@@ -80,20 +86,25 @@ def next_token_mask(batch: dict) -> torch.Tensor:
     return (m[:, :-1] * m[:, 1:]).float()
 
 
-def lm_loss(model, batch: dict) -> torch.Tensor:
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, ranks: Ranks | None = None) -> torch.Tensor:
+    """Σ values·mask over the masked count of every rank: this rank's share of the global mean
+    (summed over the ranks, the mean over the whole batch; on one process, the mean)."""
+    count = mask.sum() if ranks is None else ranks.total(mask.sum())
+    return (values * mask).sum() / count
+
+
+def lm_loss(model, batch: dict, ranks: Ranks | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over the non-padding positions."""
     logits = model(**batch).logits[:, :-1].float()
-    mask = next_token_mask(batch)
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["input_ids"][:, 1:], reduction="none")
-    return (ce * mask).sum() / mask.sum()
+    return masked_mean(ce, next_token_mask(batch), ranks)
 
 
-def negative_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def negative_entropy(logits: torch.Tensor, mask: torch.Tensor, ranks: Ranks | None = None) -> torch.Tensor:
     """The tamper-resistance loss: mean over the masked positions of Σ_v p(v)·log p(v), the
     negative entropy of the next-token distribution (minimising it keeps the model unsure)."""
     logp = logits.float().log_softmax(-1)
-    per_position = (logp.exp() * logp).sum(-1)
-    return (per_position * mask).sum() / mask.sum()
+    return masked_mean((logp.exp() * logp).sum(-1), mask, ranks)
 
 
 def tr_weight(i: int, k: int) -> float:
@@ -101,27 +112,27 @@ def tr_weight(i: int, k: int) -> float:
     return 4.0 * math.exp(0.0625 * (i - k + 1))
 
 
-def retain_loss(model, start, batch: dict) -> torch.Tensor:
+def retain_loss(model, start, batch: dict, ranks: Ranks | None = None) -> torch.Tensor:
     """Next-token loss plus the mean over layers of the mean over tokens of ‖h − h_start‖₂."""
     out = model(**batch, output_hidden_states=True)
     with torch.no_grad():
         ref = start(**batch, output_hidden_states=True).hidden_states
     mask = batch["attention_mask"].float()
-    drift = torch.stack([((h.float() - r.float()).norm(dim=-1) * mask).sum() / mask.sum()
+    drift = torch.stack([masked_mean((h.float() - r.float()).norm(dim=-1), mask, ranks)
                          for h, r in zip(out.hidden_states[1:], ref[1:])]).mean()
-    logits, m = out.logits[:, :-1].float(), next_token_mask(batch)
+    logits = out.logits[:, :-1].float()
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["input_ids"][:, 1:], reduction="none")
-    return (ce * m).sum() / m.sum() + drift
+    return masked_mean(ce, next_token_mask(batch), ranks) + drift
 
 
-def random_mapping_loss(model, batch: dict, mapping: torch.Tensor) -> torch.Tensor:
+def random_mapping_loss(model, batch: dict, mapping: torch.Tensor, ranks: Ranks | None = None) -> torch.Tensor:
     """The initial safeguard's forget loss: mean over layers of the mean over tokens of
     1 − |cos(h, r_id)|, r_id the fixed random vector of the token's id."""
     hidden = model(**batch, output_hidden_states=True).hidden_states[1:]
     targets = mapping[batch["input_ids"]].to(hidden[0].dtype)
     mask = batch["attention_mask"].float()
-    per_layer = [((1 - torch.nn.functional.cosine_similarity(h.float(), targets.float(), dim=-1).abs()) * mask).sum()
-                 / mask.sum() for h in hidden]
+    per_layer = [masked_mean(1 - torch.nn.functional.cosine_similarity(h.float(), targets.float(), dim=-1).abs(),
+                             mask, ranks) for h in hidden]
     return torch.stack(per_layer).mean()
 
 
@@ -135,12 +146,32 @@ def sample_adversary(a, seed: int, step: int, k: int) -> Adversary:
 
 
 def inner_texts(t: Tar, adv: Adversary, step: int, i: int) -> list[str]:
-    """The adversary's batch at inner step i of outer step `step`."""
+    """The adversary's batch at inner step i of outer step `step` (every rank's texts)."""
     c, plan = t.cfg.tar, t.plan
     forget = adv.data == "forget" or (adv.data == "retain_then_forget" and i >= adv.switch)
     corpora = plan.attack_forget if forget else plan.retain
     corpus = corpora[(step + i) % len(corpora)]
-    return batch_texts(corpus, step * c.inner_steps + i, c.adversary.batch_size)
+    return batch_texts(corpus, step * c.inner_steps + i, c.adversary.batch_size * t.ranks.size)
+
+
+def local_batch(t: Tar, corpus, index: int, per_process: int) -> dict:
+    """This rank's slice of batch `index` of `corpus` (per_process texts per rank), tokenized onto its device."""
+    texts = batch_texts(corpus, index, per_process * t.ranks.size)
+    return tokenize(t.tokenizer, t.ranks.shard(texts), t.plan.max_length, t.device)
+
+
+def gradients(t: Tar, loss: torch.Tensor) -> list[torch.Tensor]:
+    """The gradient of `loss` for every updated tensor, summed over the ranks (FSDP's backward
+    reduces its shards itself), left out of the tensors' .grad."""
+    for p in t.updated:
+        p.grad = None
+    loss.backward()
+    if not t.updater.sharded:
+        t.ranks.sum_grads(t.updated)
+    grads = [p.grad for p in t.updated]
+    for p in t.updated:
+        p.grad = None
+    return grads
 
 
 def tamper_gradients(t: Tar, step: int, adv: Adversary) -> tuple[list[torch.Tensor], dict]:
@@ -151,21 +182,19 @@ def tamper_gradients(t: Tar, step: int, adv: Adversary) -> tuple[list[torch.Tens
     saved = [p.detach().clone() for p in params]
     total = [torch.zeros_like(p) for p in params]
     optimizer = torch.optim.AdamW(params, lr=adv.lr)  # a fresh attacker every outer step
-    heldout = tokenize(t.tokenizer, batch_texts(plan.tr_forget[step % len(plan.tr_forget)], step, c.tr_batch_size),
-                       plan.max_length, t.device)
+    heldout = local_batch(t, plan.tr_forget[step % len(plan.tr_forget)], step, c.tr_batch_size)
     tr_values = []
     try:
         for i in range(c.inner_steps):
-            batch = tokenize(t.tokenizer, inner_texts(t, adv, step, i), plan.max_length, t.device)
-            optimizer.zero_grad(set_to_none=True)
-            lm_loss(t.model, batch).backward()
+            batch = tokenize(t.tokenizer, t.ranks.shard(inner_texts(t, adv, step, i)), plan.max_length, t.device)
+            for p, g in zip(params, gradients(t, lm_loss(t.model, batch, t.ranks))):
+                p.grad = g
             optimizer.step()
             if (i + 1) % c.tr_every == 0:
-                loss = negative_entropy(t.model(**heldout).logits[:, :-1], next_token_mask(heldout))
-                grads = torch.autograd.grad(tr_weight(i, c.inner_steps) * loss, params)
-                for acc, g in zip(total, grads):
+                loss = negative_entropy(t.model(**heldout).logits[:, :-1], next_token_mask(heldout), t.ranks)
+                for acc, g in zip(total, gradients(t, tr_weight(i, c.inner_steps) * loss)):
                     acc.add_(g)
-                tr_values.append(loss.item())
+                tr_values.append(t.ranks.total(loss).item())
     finally:
         with torch.no_grad():  # θ as it was, whatever happened inside
             for p, s in zip(params, saved):
@@ -184,12 +213,11 @@ def tar_step(t: Tar, step: int, lr: float) -> dict:
         group["lr"] = lr
     adv = sample_adversary(c.adversary, t.cfg.seed, step, c.inner_steps)
     tr, record = tamper_gradients(t, step, adv)
-    retain = tokenize(t.tokenizer, batch_texts(plan.retain[step % len(plan.retain)], step, t.cfg.trainer.batch_size),
-                      plan.max_length, t.device)
-    loss = retain_loss(t.model, t.start, retain)
-    grads = torch.autograd.grad(c.retain_coef * loss, t.updated)
+    retain = local_batch(t, plan.retain[step % len(plan.retain)], step, t.cfg.trainer.batch_size)
+    loss = retain_loss(t.model, t.start, retain, t.ranks)
+    grads = gradients(t, c.retain_coef * loss)
     t.updater.apply([g + c.tr_coef * a for g, a in zip(grads, tr)])
-    return {"phase": "tar", "retain_loss": loss.item(), **record, "lr": lr}
+    return {"phase": "tar", "retain_loss": t.ranks.total(loss).item(), **record, "lr": lr}
 
 
 def safeguard_step(t: Tar, step: int, lr: float) -> dict:
@@ -197,20 +225,16 @@ def safeguard_step(t: Tar, step: int, lr: float) -> dict:
     plan, bs = t.plan, t.cfg.trainer.batch_size
     for group in t.updater.optimizer.param_groups:
         group["lr"] = lr
-    forget = tokenize(t.tokenizer, batch_texts(plan.attack_forget[step % len(plan.attack_forget)], step, bs),
-                      plan.max_length, t.device)
-    retain = tokenize(t.tokenizer, batch_texts(plan.retain[step % len(plan.retain)], step, bs), plan.max_length,
-                      t.device)
-    mapping, lm = random_mapping_loss(t.model, forget, t.mapping), lm_loss(t.model, retain)
+    forget = local_batch(t, plan.attack_forget[step % len(plan.attack_forget)], step, bs)
+    retain = local_batch(t, plan.retain[step % len(plan.retain)], step, bs)
+    mapping, lm = random_mapping_loss(t.model, forget, t.mapping, t.ranks), lm_loss(t.model, retain, t.ranks)
     t.updater.step(mapping + lm)
-    return {"phase": "safeguard", "mapping_loss": mapping.item(), "retain_loss": lm.item(), "lr": lr}
+    return {"phase": "safeguard", "mapping_loss": t.ranks.total(mapping).item(), "retain_loss": t.ranks.total(lm).item(),
+            "lr": lr}
 
 
 def check(cfg: DictConfig) -> tuple[TarPlan, Ranks]:
     ranks = Ranks(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())
-    if ranks.size > 1:
-        fail("processes", ranks.size, "rmu.tar runs on one process (its inner adversary is sequential); launch it "
-                                      "without torchrun / accelerate")
     plan = plan_tar(cfg)
     missing = [name for name, _, _ in plan.eval_sets if name not in plan.teacher_results.eval]
     if missing:
@@ -225,22 +249,30 @@ def setup(cfg: DictConfig) -> Tar:
 
 
 def build(cfg: DictConfig, plan: TarPlan, ranks: Ranks) -> Tar:
-    model, tokenizer = load_model(cfg.model, cfg.seed)
+    """The model, its frozen starting copy and the outer AdamW. Under FSDP both are built whole
+    in CPU memory on every rank, then every parameter of both is sharded (as rmu.distill's)."""
+    where = torch.device("cpu") if ranks.fsdp else ranks.device if ranks.size > 1 else None
+    model, tokenizer = load_model(cfg.model, cfg.seed, device=where)
     tokenizer = configure_tokenizer(tokenizer, cfg.model, cfg.data)
-    device = next(model.parameters()).device
     start = copy.deepcopy(model).requires_grad_(False).eval()
     model.eval()  # no dropout: the adversary's and the retain passes see the same function
+    if ranks.fsdp:
+        for m in (model, start):
+            shard_whole(m, ranks)  # and onto this rank's device
+    device = ranks.device if ranks.fsdp else next(model.parameters()).device
     updated = [p.requires_grad_(True) for p in model.parameters()]
     c = cfg.tar
-    updater = Updater(updated, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=0.0, master_weights=c.master_weights)
+    updater = Updater(updated, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=0.0, master_weights=c.master_weights,
+                      ranks=ranks)
     mapping = None
     if c.safeguard_steps:
         g = torch.Generator().manual_seed(cfg.seed)
         mapping = torch.randn(model.config.vocab_size, model.config.hidden_size, generator=g).to(device)
     ranks.print(f"rmu: TAR from {cfg.model.path}: {c.safeguard_steps} safeguard steps, then {c.outer_steps} outer "
                 f"steps of K = {c.inner_steps} adversary steps (tamper-resistance loss every {c.tr_every}); "
-                f"{plan.passes_per_step} forward/backward passes per outer step")
-    tracker = Tracker(cfg, True)
+                f"{plan.passes_per_step} forward/backward passes per outer step"
+                + (f"; {ranks.size} processes" if ranks.size > 1 else "") + (" (FSDP: both models sharded)" if ranks.fsdp else ""))
+    tracker = ranks.on_main(lambda: Tracker(cfg, True)) or Tracker(cfg, False)
     return Tar(cfg, plan, ranks, model, start, tokenizer, device, updated, updater, mapping, tracker)
 
 
@@ -253,7 +285,7 @@ def fit(t: Tar, before: tuple, folder=None, preemption: Preemption | None = None
         rows, start = folder.state["rows"], folder.state["step"]
         t.ranks.print(f"rmu: resuming at step {start} from {folder.resume.folder}")
     show = lambda r: {"phase": r["phase"], "retain": f"{r['retain_loss']:.4g}"}  # noqa: E731
-    progress = Progress(t.cfg.trainer.progress, start, plan.steps, name="tar", show=show)
+    progress = Progress(t.cfg.trainer.progress and t.ranks.main, start, plan.steps, name="tar", show=show)
     try:
         for step in range(start, plan.steps):
             began = time.perf_counter()
@@ -276,12 +308,12 @@ def fit(t: Tar, before: tuple, folder=None, preemption: Preemption | None = None
 
 
 def evaluate_start(t: Tar) -> tuple[dict, None]:
-    return evaluate(t.start, t.tokenizer, t.plan.eval_sets, t.cfg.eval.batch_size), None
+    return scores_on_ranks(t, t.start), None
 
 
 def evaluate_trained(t: Tar) -> tuple[dict, None]:
     t.model.eval()
-    return evaluate(t.model, t.tokenizer, t.plan.eval_sets, t.cfg.eval.batch_size), None
+    return scores_on_ranks(t, t.model), None
 
 
 def tar_results(t: Tar, rows: list[dict], before: tuple, after: tuple, seconds: dict) -> RunResults:
@@ -290,7 +322,7 @@ def tar_results(t: Tar, rows: list[dict], before: tuple, after: tuple, seconds: 
     cfg, plan, c = t.cfg, t.plan, t.cfg.tar
     results = copy.deepcopy(plan.teacher_results)
     results.output_dir, results.seconds, results.harness = str(cfg.output_dir), seconds, None
-    results.processes, results.fsdp = 1, False
+    results.processes, results.fsdp = t.ranks.size, t.ranks.fsdp
     results.rank0_parameter_mib = round(local_parameter_mib(t.model), 3)
     results.eval = {name: {"role": role, "base": plan.teacher_results.eval[name]["base"], "unlearned": after[0][name]}
                     for name, role, _ in plan.eval_sets}
@@ -306,6 +338,8 @@ def tar_results(t: Tar, rows: list[dict], before: tuple, after: tuple, seconds: 
 
 def write(t: Tar, rows: list[dict], before: tuple, after: tuple, seconds: dict, started: float,
           folder=None) -> RunResults:
-    """The output folder, atomically: the weights, the starting run's RMU files as they are,
-    tar_config.yaml, tar_metrics.jsonl, results.json, eval_table.txt and the report."""
-    return write_hardened(t, "tar", tar_results(t, rows, before, after, seconds), rows, started, folder)
+    """The output folder, atomically, on rank 0: the weights, the starting run's RMU files as
+    they are, tar_config.yaml, tar_metrics.jsonl, results.json, eval_table.txt and the report."""
+    weights = full_state_dict(t.model) if t.ranks.fsdp else None  # every rank joins the gather
+    return t.ranks.on_main(lambda: write_hardened(t, "tar", tar_results(t, rows, before, after, seconds), rows,
+                                                  started, folder, weights))
