@@ -48,8 +48,9 @@ lab: install  ## build the lab: an invented world + two tiny Llamas pretrained o
 lab-robust: lab  ## the make robust recipes on lab_base over seeds, every lab attack scored against lab_filtered: experiments/lab/results.md
 	$(PY) experiments/robust/compare.py --config experiments/lab/recipes.yaml --out experiments/lab --command "make lab-robust"
 
-lab-tamper: lab  ## TAR, RMU and distillation against in- and out-of-distribution fine-tuning at 10/100/1000 steps: experiments/lab/tamper/results.md
+lab-tamper: lab  ## TAR, RMU and distillation against in- and out-of-distribution fine-tuning at 10/100/1000 steps (and Qi et al.'s batch 64): experiments/lab/tamper/results.md, tamper/qi/
 	$(PY) experiments/robust/compare.py --config experiments/lab/tamper.yaml --out experiments/lab/tamper --command "make lab-tamper"
+	$(PY) experiments/robust/compare.py --config experiments/lab/tamper_qi.yaml --out experiments/lab/tamper/qi --command "make lab-tamper"
 
 clean:  ## remove .venv and outputs
 	rm -rf $(VENV) outputs
