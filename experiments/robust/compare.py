@@ -91,10 +91,9 @@ def read_config(path: Path) -> dict:
             if spec["teacher"] not in earlier or isinstance(cfg["recipes"][spec["teacher"]], dict):
                 sys.exit(f"error: {path}: recipe {name}: teacher {spec['teacher']!r} must be a trained recipe listed "
                          f"before it ({', '.join(r for r in earlier if isinstance(cfg['recipes'][r], list)) or 'none'})")
-            theirs = seeds_of(cfg, spec["teacher"])
-            if not set(spec.get("seeds", theirs)) <= set(theirs) or not spec.get("seeds", theirs):
-                sys.exit(f"error: {path}: recipe {name}: seeds {spec.get('seeds', theirs)!r} must be some of its "
-                         f"teacher's seeds {theirs} (its teacher's models)")
+            if not set(spec.get("seeds", cfg["seeds"])) <= set(cfg["seeds"]) or not spec.get("seeds", cfg["seeds"]):
+                sys.exit(f"error: {path}: recipe {name}: seeds {spec['seeds']!r} must be some of the file's seeds "
+                         f"{cfg['seeds']}")
             if kind not in cfg:
                 sys.exit(f"error: {path}: recipe {name} runs rmu.{kind}: the file needs a `{kind}` list of the "
                          f"overrides every rmu.{kind} run gets (model, data, eval, {kind} group)")
@@ -111,14 +110,22 @@ def hardening(spec: dict) -> str | None:
 
 
 def seeds_of(cfg: dict, recipe: str) -> list:
-    """The seeds a recipe runs: the file's, or a recipe's own `seeds` (some of them: an
-    expensive point of a curve, or a teacher only its seed 0 is hardened from, measured on
-    fewer seeds, and said so in results.md). A hardened recipe without its own takes its
-    teacher's."""
+    """The seeds a recipe is attacked and reported on: the file's, or a recipe's own `seeds`
+    (some of them: an expensive point of a curve, or a reference measured on fewer seeds, and
+    said so in results.md)."""
     spec = cfg["recipes"][recipe]
     if isinstance(spec, dict):
-        return spec.get("seeds", seeds_of(cfg, spec["teacher"]))
+        return spec.get("seeds", cfg["seeds"])
     return cfg.get("own_seeds", {}).get(recipe, cfg["seeds"])
+
+
+def trained_seeds(cfg: dict, recipe: str) -> list:
+    """The seeds a recipe's models are made for: its own, and those its hardened recipes start from."""
+    needed = set(seeds_of(cfg, recipe))
+    for spec in cfg["recipes"].values():
+        if isinstance(spec, dict) and spec["teacher"] == recipe:
+            needed |= set(spec.get("seeds", cfg["seeds"]))
+    return sorted(needed)
 
 
 def run_all(cfg: dict, work: Path, launcher: str | None) -> None:
@@ -138,7 +145,7 @@ def run_all(cfg: dict, work: Path, launcher: str | None) -> None:
             overrides = [*cfg["train"], *spec]
             same_settings(folder, {"train": overrides, attack_key: cfg["attack"]}, "robust", others="attack")
             module, source = "rmu.train", []
-        todo = [s for s in seeds_of(cfg, recipe) if not done(folder / f"seed{s}")]
+        todo = [s for s in trained_seeds(cfg, recipe) if not done(folder / f"seed{s}")]
         if todo:
             sweep(module, [*overrides, *source, f"seed={','.join(map(str, todo))}", f"output_dir={folder}/seed${{seed}}"],
                   launcher, work / "sweeps" / f"{stamp}-{recipe}-{module.split('.')[1]}")
