@@ -136,27 +136,46 @@ def test_two_processes_plain_and_fsdp_end_where_one_process_with_twice_the_batch
     """Each rank takes its slice of every batch and the gradients are summed over the ranks
     (the adversary's, the tamper-resistance ones and the retain one), so every rank's adversary
     takes the same steps: 2 processes with batch b, plain data parallel or FSDP (every
-    parameter of the model and its starting copy sharded), end on the weights of 1 process with 2b."""
+    parameter of the model and its starting copy sharded), end on the weights of 1 process with 2b
+    (the FSDP run through a full disk after training and the rerun that writes its kept state)."""
     from tests.test_fsdp import accelerate_env
 
-    tar(make_cfg(tar_args(start, f"output_dir={tmp_path / 'one'}", batch=4), "tar"))
+    extra = ["tar.safeguard_steps=1"]  # a step of the initial safeguard first (its losses through Updater.step)
+    tar(make_cfg(tar_args(start, f"output_dir={tmp_path / 'one'}", *extra, batch=4), "tar"))
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "rmu.tar"]
     fsdp_env = accelerate_env(ROOT / "experiments" / "accelerate" / "fsdp.yaml")
-    for name, env, says in (("two", ENV, "2 processes"), ("fsdp", {**ENV, **fsdp_env}, "FSDP: both models sharded")):
-        run = subprocess.run([*torchrun, *tar_args(start, f"output_dir={tmp_path / name}")], cwd=ROOT, env=env,
+    # FSDP on a disk that fills up once training is over: every rank joins gathering the trained
+    # shards, rank 0 keeps them where there is room, and the same command then only evaluates and writes
+    from tests.test_faults import isolated_cache
+
+    cache, disk = isolated_cache(tmp_path), tmp_path / "disk"
+    faulty = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", str(ROOT / "tests" / "os_faults.py"),
+              "rmu.tar", *tar_args(start, f"output_dir={disk / 'fsdp'}", *extra)]
+    run = subprocess.run(faulty, cwd=ROOT, env={**ENV, **fsdp_env, **cache, "FAULT_ENOSPC": str(disk)},
+                         capture_output=True, text=True, timeout=600)
+    kept = Path(cache["RMU_CACHE"]) / "resume"
+    assert run.returncode != 0 and f"the trained state is kept in {kept}" in run.stderr, run.stderr[-3000:]
+    for name, env, says in (("two", ENV, "2 processes"), ("fsdp", {**ENV, **fsdp_env, **cache}, "resuming at step 3")):
+        out = tmp_path / name if name == "two" else disk / name
+        run = subprocess.run([*torchrun, *tar_args(start, f"output_dir={out}", *extra)], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
         assert says in run.stdout and run.stdout.count("rmu: wrote") == 1
+        if name == "fsdp":
+            (tmp_path / name).symlink_to(out)
         # Every parameter trains under two AdamWs (the adversary's and the outer one), whose m/√v turns a
         # summation-order difference in a near-zero gradient into a visible step: 2 entries of 3.2M were
         # more than 1e-4 of their tensor's largest off (an embedding entry 8.8e-4, an up_proj one 2.3e-4;
         # measured); at most 2 in 10 000 of any tensor may be.
         assert_same_weights(tmp_path / "one", tmp_path / name, 1e-4, flipped=2e-4)
         rows = {n: [json.loads(line) for line in open(tmp_path / n / "tar_metrics.jsonl")] for n in ("one", name)}
+        assert rows["one"][0]["phase"] == "safeguard"
+        assert rows[name][0]["mapping_loss"] == pytest.approx(rows["one"][0]["mapping_loss"], rel=1e-5)
         for a, b in zip(rows["one"], rows[name], strict=True):
-            assert (a["adversary"], a["adversary_lr"]) == (b["adversary"], b["adversary_lr"])
             assert b["retain_loss"] == pytest.approx(a["retain_loss"], rel=1e-4)
-            assert b["tr_loss_last"] == pytest.approx(a["tr_loss_last"], rel=1e-4)
+            if a["phase"] == "tar":
+                assert (a["adversary"], a["adversary_lr"]) == (b["adversary"], b["adversary_lr"])
+                assert b["tr_loss_last"] == pytest.approx(a["tr_loss_last"], rel=1e-4)
         ours = json.loads((tmp_path / name / "results.json").read_text())
         assert ours["processes"] == 2 and ours["fsdp"] == (name == "fsdp")
     ref, sharded = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "fsdp"))

@@ -78,7 +78,7 @@ def read_config(path: Path) -> dict:
             if sorted(spec) != ["seeds", "train"] or not isinstance(spec["train"], list):
                 sys.exit(f"error: {path}: recipe {name}: a trained recipe on some seeds is {{train: [overrides], "
                          f"seeds: [...]}}; got the keys {sorted(spec)}")
-            if not spec["seeds"] or not set(spec["seeds"]) <= set(cfg["seeds"]):
+            if not isinstance(spec["seeds"], list) or not spec["seeds"] or not set(spec["seeds"]) <= set(cfg["seeds"]):
                 sys.exit(f"error: {path}: recipe {name}: seeds {spec['seeds']!r} must be some of the file's seeds "
                          f"{cfg['seeds']}")
             cfg["own_seeds"][name], spec = spec["seeds"], spec["train"]
@@ -91,14 +91,16 @@ def read_config(path: Path) -> dict:
             if spec["teacher"] not in earlier or isinstance(cfg["recipes"][spec["teacher"]], dict):
                 sys.exit(f"error: {path}: recipe {name}: teacher {spec['teacher']!r} must be a trained recipe listed "
                          f"before it ({', '.join(r for r in earlier if isinstance(cfg['recipes'][r], list)) or 'none'})")
-            if not set(spec.get("seeds", cfg["seeds"])) <= set(cfg["seeds"]) or not spec.get("seeds", cfg["seeds"]):
+            own = spec.get("seeds", cfg["seeds"])
+            if not isinstance(own, list) or not own or not set(own) <= set(cfg["seeds"]):
                 sys.exit(f"error: {path}: recipe {name}: seeds {spec['seeds']!r} must be some of the file's seeds "
                          f"{cfg['seeds']}")
             if kind not in cfg:
                 sys.exit(f"error: {path}: recipe {name} runs rmu.{kind}: the file needs a `{kind}` list of the "
                          f"overrides every rmu.{kind} run gets (model, data, eval, {kind} group)")
         elif not isinstance(spec, list):
-            sys.exit(f"error: {path}: recipe {name}: a list of rmu.train overrides, or {{teacher:, distill:}}")
+            sys.exit(f"error: {path}: recipe {name}: a list of rmu.train overrides, {{train: [overrides], seeds: [...]}}, "
+                     f"or {{teacher:, distill:}}")
         earlier.append(name)
     return cfg
 

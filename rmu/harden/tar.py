@@ -86,11 +86,17 @@ def next_token_mask(batch: dict) -> torch.Tensor:
     return (m[:, :-1] * m[:, 1:]).float()
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, ranks: Ranks | None = None) -> torch.Tensor:
-    """Σ values·mask over the masked count of every rank: this rank's share of the global mean
-    (summed over the ranks, the mean over the whole batch; on one process, the mean)."""
-    count = mask.sum() if ranks is None else ranks.total(mask.sum())
-    return (values * mask).sum() / count
+def global_count(mask: torch.Tensor, ranks: Ranks | None) -> torch.Tensor:
+    """How many positions `mask` holds over every rank (one all-reduce)."""
+    return mask.sum() if ranks is None else ranks.total(mask.sum())
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, ranks: Ranks | None = None,
+                count: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ values·mask over the masked count of every rank (`count`, when the caller has it):
+    this rank's share of the global mean (summed over the ranks, the mean over the whole
+    batch; on one process, the mean)."""
+    return (values * mask).sum() / (global_count(mask, ranks) if count is None else count)
 
 
 def lm_loss(model, batch: dict, ranks: Ranks | None = None) -> torch.Tensor:
@@ -118,7 +124,8 @@ def retain_loss(model, start, batch: dict, ranks: Ranks | None = None) -> torch.
     with torch.no_grad():
         ref = start(**batch, output_hidden_states=True).hidden_states
     mask = batch["attention_mask"].float()
-    drift = torch.stack([masked_mean((h.float() - r.float()).norm(dim=-1), mask, ranks)
+    count = global_count(mask, ranks)
+    drift = torch.stack([masked_mean((h.float() - r.float()).norm(dim=-1), mask, count=count)
                          for h, r in zip(out.hidden_states[1:], ref[1:])]).mean()
     logits = out.logits[:, :-1].float()
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["input_ids"][:, 1:], reduction="none")
@@ -131,8 +138,9 @@ def random_mapping_loss(model, batch: dict, mapping: torch.Tensor, ranks: Ranks 
     hidden = model(**batch, output_hidden_states=True).hidden_states[1:]
     targets = mapping[batch["input_ids"]].to(hidden[0].dtype)
     mask = batch["attention_mask"].float()
+    count = global_count(mask, ranks)
     per_layer = [masked_mean(1 - torch.nn.functional.cosine_similarity(h.float(), targets.float(), dim=-1).abs(),
-                             mask, ranks) for h in hidden]
+                             mask, count=count) for h in hidden]
     return torch.stack(per_layer).mean()
 
 
@@ -162,10 +170,14 @@ def local_batch(t: Tar, corpus, index: int, per_process: int) -> dict:
 
 def gradients(t: Tar, loss: torch.Tensor) -> list[torch.Tensor]:
     """The gradient of `loss` for every updated tensor, summed over the ranks (FSDP's backward
-    reduces its shards itself), left out of the tensors' .grad."""
+    reduces its shards itself), left out of the tensors' .grad. A tensor the loss does not
+    reach gets zeros (every rank then reduces the same list)."""
     for p in t.updated:
         p.grad = None
     loss.backward()
+    for p in t.updated:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
     if not t.updater.sharded:
         t.ranks.sum_grads(t.updated)
     grads = [p.grad for p in t.updated]

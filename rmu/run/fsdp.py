@@ -71,7 +71,7 @@ def load_sharded(ranks, mcfg, seed: int, keep: range):
 
 
 def shard_whole(model, ranks) -> None:
-    """FSDP over every parameter of `model` (already whole on each rank, as rmu.distill builds
+    """FSDP over every parameter of `model` (already whole on each rank, as rmu.distill and rmu.tar build
     its teacher and student): each decoder layer one unit, the embeddings, final norm and head
     the root's. Gradients are summed over the ranks, not averaged: each rank's loss is already
     its share of the global batch's mean (as plain data parallel sums them, rmu/run/distributed.py)."""

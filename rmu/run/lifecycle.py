@@ -21,6 +21,7 @@ from rmu.run.checkpoint import published_by
 from rmu.run.folder import RunFolder
 from rmu.run.pause import pause_point
 from rmu.run.resume import Interrupted, Preemption, write_failure
+from rmu.run.shards import gathered
 from rmu.run.signals import Stopped
 
 
@@ -77,11 +78,16 @@ def run_to_end(run, folder: RunFolder, t0: float, stages: Stages):
 def interrupted_after_training(run, folder: RunFolder, rows: list[dict], before: tuple, signum: int):
     """A signal during the final evaluation or the save: keep the trained tensors so that a
     rerun only evaluates and writes. Rank 0 saves without waiting for the others (they
-    may be inside a collective that will not complete)."""
+    may be inside a collective that will not complete) — which FSDP shards cannot be: every
+    rank must join gathering them, so there the last state saved during training is what a
+    rerun resumes from (said so)."""
     out, by = run.cfg.output_dir, signals.name(signum)
     if published_by(Path(out).expanduser().absolute(), run.run_id):  # the signal came after the folder was published
         folder.resume.clear()
         raise Preempted(f"stopped by {by} after {out} was written; the run is complete", signum)
+    if run.updater.sharded:
+        raise Preempted(f"stopped by {by} after training, before {out} was written; the trained FSDP shards could not "
+                        f"be gathered once the signal came{folder.resume.kept_note()}", signum)
     if run.ranks.main:
         folder.resume.save(run.plan.steps, run.updated, run.updater, rows, run.robust, before)
     raise Preempted(folder.stopped_message("after training, before the output was written", by), signum)
@@ -94,11 +100,17 @@ def failed_after_training(run, folder: RunFolder, rows: list[dict], before: tupl
     writes. Raises the error to report: an OutputError in one sentence for a failed write,
     the same error with the note appended otherwise (a bug keeps its traceback)."""
     out = Path(run.cfg.output_dir).expanduser().absolute()
-    if getattr(e, "kept", None) or published_by(out, run.run_id) or not run.ranks.main:
+    kept = bool(getattr(e, "kept", None) or published_by(out, run.run_id))
+    whole = None
+    if run.updater.sharded:  # FSDP shards (every rank got here: on_main hands rank 0's error to all)
+        if run.ranks.same(kept):  # rank 0's view of the output on every rank, before any rank gathers
+            return
+        whole = gathered(run.updated, run.updater.optimizer, run.updater.masters)
+    if kept or not run.ranks.main:
         return  # the finished output is kept (published, or under another name): nothing to save
     cause = write_failure(out.parent, e)
     try:
-        folder.resume.save(run.plan.steps, run.updated, run.updater, rows, run.robust, before)
+        folder.resume.save(run.plan.steps, run.updated, run.updater, rows, run.robust, before, whole)
     except OutputError as lost:
         raise OutputError(f"could not write {out} ({cause}), and {lost}") from None
     disk = isinstance(e, OSError) or type(e).__name__ == "SafetensorError" or cause == "the disk is full"

@@ -1,5 +1,5 @@
 """FSDP shards and whole tensors: what the optimizer, the resume state and the checkpoint need
-when the trained tensors themselves are sharded (rmu.distill under FSDP, rmu/run/fsdp.py
+when the trained tensors themselves are sharded (rmu.distill and rmu.tar under FSDP, rmu/run/fsdp.py
 `shard_whole`). Each helper leaves an unsharded tensor as it is."""
 
 from __future__ import annotations

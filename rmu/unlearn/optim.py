@@ -82,7 +82,7 @@ class Updater:
                  master_weights: bool, ranks=None, reference: bool = False):
         self.params = params
         self.ranks = ranks  # several processes: gradients are summed over them (rmu/run/distributed.py)
-        # FSDP shards of trained tensors (rmu.distill under FSDP): FSDP has summed their gradients,
+        # FSDP shards of trained tensors (rmu.distill and rmu.tar under FSDP): FSDP has summed their gradients,
         # and each rank holds part of every tensor, so checks and norms combine the ranks' parts.
         self.sharded = any(isinstance(p, DTensor) for p in params)
         half = params[0].dtype in (torch.bfloat16, torch.float16)

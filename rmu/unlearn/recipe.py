@@ -239,7 +239,7 @@ def save_or_stop(run: Run, folder, preemption: Preemption | None, rows: list[dic
         preemption.requested = stop  # every rank then takes the same path after training too
     every = run.cfg.trainer.save_every
     if done < steps and (stop or (every and done % every == 0)):
-        # FSDP shards of the trained tensors (rmu.distill): every rank joins gathering them whole first.
+        # FSDP shards of the trained tensors (rmu.distill, rmu.tar): every rank joins gathering them whole first.
         whole = gathered(run.updated, run.updater.optimizer, run.updater.masters) if run.updater.sharded else None
         ranks.on_main(lambda: folder.resume.save(done, run.updated, run.updater, rows, run.robust, before, whole))
         if folder.resume.moved and not stop:  # training goes on: say where its state went
