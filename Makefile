@@ -38,7 +38,7 @@ test-fast: install  ## the inner loop: everything but e2e, slow, distributed and
 bench: install  ## time the RMU step against the reference loop on the bundled model (CPU, ~15 min)
 	$(PY) experiments/bench/bench.py
 
-robust: install  ## train the recipes of experiments/robust/recipes.yaml over seeds, attack each, write results.md + robust.png; then hardened.yaml (distillation on the bundled model) into hardened/
+robust: install  ## train the recipes of experiments/robust/recipes.yaml over seeds, attack each, write results.md + robust.png; then hardened.yaml (distillation and TAR on the bundled model) into hardened/
 	$(PY) experiments/robust/compare.py
 	$(PY) experiments/robust/compare.py --config experiments/robust/hardened.yaml --out experiments/robust/hardened
 
