@@ -1,6 +1,6 @@
 """Distillation into a damaged student (rmu/harden/: noise.py, distill.py, plan.py; the command
 rmu/distill.py): the damage formula, the KL, the teacher left untouched, the stopping rule,
-bad input refused before loading, resume after SIGTERM and two processes equal to one."""
+bad input refused before loading, resume after SIGTERM and two processes (plain, FSDP) equal to one."""
 
 import json
 import math
@@ -165,14 +165,22 @@ def test_sigterm_then_restart_ends_with_the_weights_of_an_uninterrupted_distilla
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(teacher, tmp_path):
+def test_two_processes_plain_and_fsdp_end_where_one_process_does(teacher, tmp_path):
+    """2 processes with batch b, as plain data parallel, end on the weights of 1 with 2b. Under
+    FSDP (torchrun with the variables experiments/accelerate/fsdp.yaml sets) every parameter of
+    the teacher and the student is sharded over the 2 processes; the gathered student equals
+    one process's at twice the batch, the evaluation is the same, and a SIGTERM'd FSDP run
+    resumes from its (gathered) state to the weights of an uninterrupted one."""
+    from tests.test_fsdp import accelerate_env
+
     common = ["distill.retain_ce_gap=null", "distill.max_tokens=768"]
     one = run_cli("rmu.distill", *distill_args(teacher, *common, batch=4), f"output_dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr[-3000:]
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    two = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "rmu.distill", *distill_args(teacher, *common),
-                          f"output_dir={tmp_path / 'two'}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                         timeout=600)
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "rmu.distill"]
+
+    # Plain data parallel first: 2 processes with batch b equal 1 process with batch 2b.
+    two = subprocess.run([*torchrun, *distill_args(teacher, *common), f"output_dir={tmp_path / 'two'}"], cwd=ROOT,
+                         env=ENV, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 processes" in two.stdout and two.stdout.count("rmu: wrote") == 1
     # Every parameter trains under AdamW, whose m/√v turns a summation-order difference in a
@@ -182,21 +190,7 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(teacher, tmp
     for a, b in zip(rows["one"], rows["two"], strict=True):
         assert abs(a["kl"] - b["kl"]) <= 1e-4 * a["kl"]  # measured 1.1e-5 apart at the last step
 
-
-@pytest.mark.slow
-@pytest.mark.distributed
-def test_fsdp_shards_both_models_and_ends_where_one_process_does(teacher, tmp_path):
-    """Under FSDP (torchrun with the variables experiments/accelerate/fsdp.yaml sets) every
-    parameter of the teacher and the student is sharded over the 2 processes; the gathered
-    student equals one process's at twice the batch, the evaluation is the same, and a
-    SIGTERM'd FSDP run resumes from its (gathered) state to the weights of an uninterrupted one."""
-    from tests.test_fsdp import accelerate_env
-
-    common = ["distill.retain_ce_gap=null", "distill.max_tokens=768"]
-    one = run_cli("rmu.distill", *distill_args(teacher, *common, batch=4), f"output_dir={tmp_path / 'one'}")
-    assert one.returncode == 0, one.stderr[-3000:]
     env = {**ENV, **accelerate_env(ROOT / "experiments" / "accelerate" / "fsdp.yaml")}
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "rmu.distill"]
     two = subprocess.run([*torchrun, *distill_args(teacher, *common), f"output_dir={tmp_path / 'fsdp'}"], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
