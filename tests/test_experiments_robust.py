@@ -232,7 +232,7 @@ def test_the_oracle_table_and_the_relearning_curves(monkeypatch, tmp_path):
     assert compare.forget_mean(attack["summary"], "relearn_speed", "excess_recovery") == pytest.approx(0.87)
     seed = {"excess": {"relearn_speed": 0.87}, "oracle_forget": compare.oracle_forget(attack),
             "curves": compare.curves(attack)}
-    table = "\n".join(compare.excess_md({"rmu": [seed]}, ["relearn_speed"]))
+    table = "\n".join(compare.excess_md({"rmu": [seed]}, ["relearn_speed"], 1))
     assert "| rmu | +0.87 [+0.87, +0.87] | +0.87 [+0.87, +0.87] |" in table
     assert "| oracle (clean forget acc 0.250) |" in table
     compare.plot_curves({"rmu": [seed]}, tmp_path / "relearning.png")

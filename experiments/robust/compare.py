@@ -267,7 +267,7 @@ def results_md(cfg: dict, data: dict, command: str = COMMAND) -> str:
         lines.append(f"| {named(recipe, data[recipe], n)} | " + " | ".join(spread([s["resistance"][a] for s in data[recipe]])
                                                    for a in attacks) + " |")
     if any(v is not None for seeds in data.values() for s in seeds for v in s["excess"].values()):
-        lines += excess_md(data, attacks)
+        lines += excess_md(data, attacks, n)
     lines += ["", "Recipes (overrides of `python -m rmu.train`; a hardened recipe: `python -m rmu.distill` or "
                   "`python -m rmu.tar` of its teacher recipe's model, seed by seed):", ""]
     lines += [f"- `{r}`: `{' '.join(o) or '(defaults)'}`" if isinstance(o, list) else
@@ -286,16 +286,16 @@ def named(recipe: str, seeds: list[dict], n: int) -> str:
     return recipe if len(seeds) >= n else f"{recipe} ({', '.join('seed ' + str(s['seed']) for s in seeds)} only)"
 
 
-def excess_md(data: dict, attacks: list[str]) -> list[str]:
+def excess_md(data: dict, attacks: list[str], n: int) -> list[str]:
     """The table against the oracle: excess recovery per attack (forget sets; per set the
-    attacker's best row, e.g. the worst step count of relearn_speed), and the oracle's row."""
+    attacker's best row, e.g. the worst step count of relearn_speed), and the oracle's row.
+    `n`: the file's seeds (a recipe run on fewer is named with its own, as in the other tables)."""
     oracle = median(s["oracle_forget"] for seeds in data.values() for s in seeds)
     lines = ["", "Excess recovery over the oracle (the data-filtered twin): mean over the forget sets of "
                  "(attacked − oracle attacked) / (base − oracle), the same attack on both; median over seeds "
                  "[min, max]. 0 = no more than a model that never saw the forget data, 1 = all of what the base "
                  "knew beyond it.", "",
              "| recipe | " + " | ".join(attacks) + " | worst |", "|---" * (2 + len(attacks)) + "|"]
-    n = max(len(seeds) for seeds in data.values())
     for recipe, seeds in data.items():
         lines.append(f"| {named(recipe, seeds, n)} | " + " | ".join(spread([s["excess"][a] for s in seeds]) for a in attacks)
                      + f" | {spread([worst_excess(s) for s in seeds])} |")
