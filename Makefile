@@ -32,7 +32,7 @@ TEST_WORKERS ?= 2
 test: install  ## the whole test suite (unit, CLI and end-to-end on the bundled model)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
-test-fast: install  ## the inner loop: everything but e2e, slow, distributed and slurm tests (1.5 min)
+test-fast: install  ## the inner loop: everything but e2e, slow, distributed and slurm tests (2 min)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not e2e and not slow and not distributed and not slurm"
 
 bench: install  ## time the RMU step against the reference loop on the bundled model (CPU, ~15 min)
