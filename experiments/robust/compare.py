@@ -78,9 +78,7 @@ def read_config(path: Path) -> dict:
             if sorted(spec) != ["seeds", "train"] or not isinstance(spec["train"], list):
                 sys.exit(f"error: {path}: recipe {name}: a trained recipe on some seeds is {{train: [overrides], "
                          f"seeds: [...]}}; got the keys {sorted(spec)}")
-            if not isinstance(spec["seeds"], list) or not spec["seeds"] or not set(spec["seeds"]) <= set(cfg["seeds"]):
-                sys.exit(f"error: {path}: recipe {name}: seeds {spec['seeds']!r} must be some of the file's seeds "
-                         f"{cfg['seeds']}")
+            some_seeds(path, cfg, name, spec["seeds"])
             cfg["own_seeds"][name], spec = spec["seeds"], spec["train"]
             cfg["recipes"][name] = spec
         if isinstance(spec, dict):
@@ -91,10 +89,7 @@ def read_config(path: Path) -> dict:
             if spec["teacher"] not in earlier or isinstance(cfg["recipes"][spec["teacher"]], dict):
                 sys.exit(f"error: {path}: recipe {name}: teacher {spec['teacher']!r} must be a trained recipe listed "
                          f"before it ({', '.join(r for r in earlier if isinstance(cfg['recipes'][r], list)) or 'none'})")
-            own = spec.get("seeds", cfg["seeds"])
-            if not isinstance(own, list) or not own or not set(own) <= set(cfg["seeds"]):
-                sys.exit(f"error: {path}: recipe {name}: seeds {spec['seeds']!r} must be some of the file's seeds "
-                         f"{cfg['seeds']}")
+            some_seeds(path, cfg, name, spec.get("seeds", cfg["seeds"]))
             if kind not in cfg:
                 sys.exit(f"error: {path}: recipe {name} runs rmu.{kind}: the file needs a `{kind}` list of the "
                          f"overrides every rmu.{kind} run gets (model, data, eval, {kind} group)")
@@ -103,6 +98,12 @@ def read_config(path: Path) -> dict:
                      f"or {{teacher:, distill:}}")
         earlier.append(name)
     return cfg
+
+
+def some_seeds(path: Path, cfg: dict, name: str, seeds) -> None:
+    """A recipe's own `seeds`: a non-empty list of the file's seeds."""
+    if not isinstance(seeds, list) or not seeds or not set(seeds) <= set(cfg["seeds"]):
+        sys.exit(f"error: {path}: recipe {name}: seeds {seeds!r} must be some of the file's seeds {cfg['seeds']}")
 
 
 def hardening(spec: dict) -> str | None:
