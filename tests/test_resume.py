@@ -24,3 +24,24 @@ def test_a_resume_state_of_another_config_is_refused(tmp_path):
     proc = run_cli("rmu.train", *RUN, "trainer.batch_size=2", f"output_dir={out}")
     assert proc.returncode != 0 and "holds the state of a run with a different config" in proc.stderr
     assert (state_dir / "state.json").exists()  # never deleted behind the user's back
+
+
+def test_a_state_saved_on_another_number_of_processes_is_refused(tmp_path):
+    """trainer.batch_size is per process: resuming on 1 process what 2 began would change the
+    global batch of the remaining steps, silently. The same count resumes."""
+    from types import SimpleNamespace
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from rmu.errors import ResumeError
+    from rmu.run.resume import Resume
+
+    cfg = OmegaConf.create({"output_dir": str(tmp_path / "run"), "seed": 0, "trainer": {"progress": False}})
+    w = torch.nn.Parameter(torch.ones(3))
+    updater = SimpleNamespace(optimizer=torch.optim.AdamW([w]), masters=None, scale=None, good_steps=0)
+    Resume(cfg, processes=2).save(4, [w], updater, rows=[])
+    with pytest.raises(ResumeError, match=r"run on 2 process\(es\), this run has 1.*resume on 2"):
+        Resume(cfg, processes=1).load()
+    assert Resume(cfg, processes=2).load()["step"] == 4
+    assert (tmp_path / ".run.resume" / "state.json").exists()  # refused, not deleted

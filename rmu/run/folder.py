@@ -49,7 +49,7 @@ class RunFolder:
             ranks.on_main(lambda: check_output_dir(cfg.output_dir, cfg.overwrite, protected=(cfg.model.path,)))
             if note:
                 ranks.print(note)
-            self.resume = Resume(cfg)
+            self.resume = Resume(cfg, ranks.size)
             self.state = self._agreed_state()
         except BaseException:
             self.lock.release()

@@ -13,7 +13,7 @@ or $TMPDIR, where the same command looks too):
   loss scale), the robust stages' values and the RNG states: tensors, numbers and
   strings only, read back with `torch.load(weights_only=True)`, so a state file can
   never run code;
-- `state.json`: the config's fingerprint, the step, the metrics so far, the evaluation
+- `state.json`: the config's fingerprint, the number of processes, the step, the metrics so far, the evaluation
   before training, and the tensors file's name and SHA-256. Replacing it is the commit:
   a kill at any moment leaves the previous complete state.
 
@@ -180,7 +180,8 @@ def find_interrupted(cfg) -> str | None:
 
 
 class Resume:
-    def __init__(self, cfg):
+    def __init__(self, cfg, processes: int = 1):
+        self.processes = processes  # trainer.batch_size is per process: the global batch is part of the run
         self.output_dir = Path(cfg.output_dir).expanduser().absolute()
         # Beside the output folder, or where a run whose disk was full kept it (state_places).
         self.folder = next((f for f in state_places(self.output_dir) if f.is_dir()), state_folder(self.output_dir))
@@ -214,6 +215,12 @@ class Resume:
         if state["fingerprint"] != self.fingerprint:
             raise ResumeError(f"{self.folder} holds the state of a run with a different config; delete it to start "
                               f"over, or run the original command to resume it")
+        saved = state.get("processes", self.processes)  # states from before the count was kept: not known
+        if saved != self.processes:
+            raise ResumeError(f"{self.folder} holds the state of a run on {saved} process(es), this run has "
+                              f"{self.processes}: each process takes trainer.batch_size texts a step, so the "
+                              f"steps left would train on another batch; resume on {saved}, or delete it to "
+                              f"start over")
         if not tensors.is_file() or _sha256(tensors) != state.get("sha256"):
             raise ResumeError(f"{tensors} is missing or damaged (its checksum does not match state.json); "
                               f"{start_over}")
@@ -246,7 +253,7 @@ class Resume:
         name = f"tensors-{step}.pt"
         manifest = {"format": FORMAT, "fingerprint": self.fingerprint, "step": step, "tensors": name,
                     "scale": updater.scale, "good_steps": updater.good_steps, "rows": rows, "before": before,
-                    "output_dir": str(self.output_dir)}
+                    "output_dir": str(self.output_dir), "processes": self.processes}
         failures, size = [], _nbytes(tensors)
         for folder in [self.folder] + [f for f in state_places(self.output_dir) if f != self.folder]:
             try:
