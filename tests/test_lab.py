@@ -186,6 +186,27 @@ def test_interrupted_build_resumes_to_the_same_weights(tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_model_seed_pretrains_the_same_world_again(tmp_path):
+    """model_seed: another initialisation and data order on the same world and tokenizer (a
+    second oracle); unset, the build's fingerprint is the one from before the key existed."""
+    from rmu.lab.build import fingerprint, recipe
+
+    assert "model_seed" not in recipe(_cfg(tmp_path))
+    assert fingerprint(recipe(_cfg(tmp_path, "model_seed=0"))) != fingerprint(recipe(_cfg(tmp_path)))
+    short = ["pretrain.steps=6", "pretrain.checkpoint_every=6", "pretrain.warmup=2"]
+    one, same, other = (tmp_path / n for n in ("one", "same", "other"))
+    build(_cfg(one, *short))
+    build(_cfg(same, *short, "model_seed=0"))
+    build(_cfg(other, *short, "model_seed=1"))
+    for f in [*sorted((one / "world").iterdir()), *sorted((one / "tokenizer").iterdir())]:
+        twin = other / f.parent.name / f.name
+        assert twin.read_bytes() == f.read_bytes(), f.name
+    for name in MODELS:
+        a, b, c = (load_file(d / name / "model.safetensors") for d in (one, same, other))
+        assert all(torch.equal(a[k], b[k]) for k in a), name  # model_seed = seed: the default build
+        assert not torch.equal(a["model.embed_tokens.weight"], c["model.embed_tokens.weight"]), name
+
+
 @pytest.mark.parametrize("override,message", [
     ("world.forget_entities=5", "must be even"),
     ("world.values_per_relation=3", "must be an integer >= 4"),

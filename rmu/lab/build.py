@@ -47,6 +47,8 @@ MODELS = {"lab_base": "pretrain_all.jsonl", "lab_filtered": "pretrain_filtered.j
 def recipe(cfg: DictConfig) -> dict:
     """The part of the config that determines what is built."""
     spec = OmegaConf.to_container(cfg, resolve=True)
+    if spec.get("model_seed") is None:  # unset: the fingerprint of a build from before the key existed
+        spec.pop("model_seed", None)
     return {k: v for k, v in spec.items() if k not in _NOT_BUILT_FROM}
 
 
@@ -177,7 +179,7 @@ def build(cfg: DictConfig, on_step=None) -> dict:
             print(f"lab: pretraining {name} on {corpus}", flush=True)
             timed(name, lambda: pretrain(
                 name, read_texts(world / corpus), tokenizer, root / name, root / f".{name}.state.pt", cfg.model,
-                cfg.pretrain, cfg.seed, device, fp, cfg.progress,
+                cfg.pretrain, cfg.seed if cfg.model_seed is None else cfg.model_seed, device, fp, cfg.progress,
                 on_step=(lambda step: on_step(name, step)) if on_step else None))
         stats = {name: json.loads((root / name / "pretrain.json").read_text()) for name in MODELS}
         sets = eval_sets(world)

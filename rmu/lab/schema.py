@@ -5,7 +5,7 @@ The YAML holds the values and says what each means."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -55,6 +55,7 @@ class LabCommand:
     dir: str = MISSING
     overwrite: bool = MISSING
     seed: int = MISSING
+    model_seed: Optional[int] = MISSING
     device: str = MISSING
     threads: int = MISSING
     progress: bool = MISSING
