@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast bench robust lab lab-robust lab-tamper clean
+.PHONY: help install demo test test-fast bench robust lab lab-robust lab-tamper lab-noise clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -51,6 +51,9 @@ lab-robust: lab  ## the make robust recipes on lab_base over seeds, every lab at
 lab-tamper: lab  ## TAR, RMU and distillation against in- and out-of-distribution fine-tuning at 10/100/1000 steps (and Qi et al.'s batch 64): experiments/lab/tamper/results.md, tamper/qi/
 	$(PY) experiments/robust/compare.py --config experiments/lab/tamper.yaml --out experiments/lab/tamper --command "make lab-tamper"
 	$(PY) experiments/robust/compare.py --config experiments/lab/tamper_qi.yaml --out experiments/lab/tamper/qi --command "make lab-tamper"
+
+lab-noise: lab  ## the data-filtered twin pretrained again (model seeds 1, 2) and attacked like a recipe: how far two oracles differ, experiments/lab/noise.md
+	$(PY) experiments/lab/noise.py
 
 clean:  ## remove .venv and outputs
 	rm -rf $(VENV) outputs

@@ -238,3 +238,32 @@ def test_the_oracle_table_and_the_relearning_curves(monkeypatch, tmp_path):
     compare.plot_curves({"rmu": [seed]}, tmp_path / "relearning.png")
     assert (tmp_path / "relearning.png").read_bytes()[:4] == b"\x89PNG"
 
+
+
+def test_lab_noise_tables_the_finished_twins_without_redoing_them(tmp_path):
+    """experiments/lab/noise.py: each twin's excess per attack (the attacker's best row per
+    set, mean over forget sets), its worst, and the largest |excess| over twins; a twin whose
+    attack finished is not rebuilt (nothing here could build one); model seed 0 is refused."""
+    def row(attack, name, role, unlearned, excess):
+        return {"attack": attack, "set": name, "role": role, "gap_recovered": None, "resistance": None,
+                "unlearned": unlearned, "excess_recovery": excess}
+
+    for seed, (e1, e2) in {1: (0.02, 0.12), 2: (-0.08, 0.04)}.items():
+        folder = tmp_path / "oracles" / f"m{seed}-attack"
+        folder.mkdir(parents=True)
+        summary = [row("heldout_relearn", "alchemy_B", "forget", 0.3, e1), row("heldout_relearn", "stars_B", "forget", 0.2, e2),
+                   row("probe", "alchemy", "forget", 0.3, 0.5), row("probe", "alchemy", "forget", 0.3, 0.01),
+                   row("probe", "towns", "retain", 0.9, None)]
+        (folder / "results.json").write_text(json.dumps({"attacks": {}, "seconds": {"total": 1.0}, "summary": summary}))
+    script = ROOT / "experiments" / "lab" / "noise.py"
+    out = tmp_path / "noise.md"
+    proc = subprocess.run([sys.executable, str(script), "--work", str(tmp_path), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    table = out.read_text()
+    assert "| m1 | 0.267 | 0.900 | +0.50 | n/a | n/a | n/a | n/a | +0.07 | n/a | +0.50 |" in table
+    assert "| m2 | 0.267 | 0.900 | +0.50 | n/a | n/a | n/a | n/a | -0.02 | n/a | +0.50 |" in table
+    assert "heldout_relearn 0.07" in table and "worst 0.50" in table
+    proc = subprocess.run([sys.executable, str(script), "--work", str(tmp_path), "--out", str(out),
+                           "--model-seeds", "0", "1"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0 and "0 is the oracle itself" in proc.stderr
