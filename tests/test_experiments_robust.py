@@ -239,31 +239,42 @@ def test_the_oracle_table_and_the_relearning_curves(monkeypatch, tmp_path):
     assert (tmp_path / "relearning.png").read_bytes()[:4] == b"\x89PNG"
 
 
-
 def test_lab_noise_tables_the_finished_twins_without_redoing_them(tmp_path):
-    """experiments/lab/noise.py: each twin's excess per attack (the attacker's best row per
-    set, mean over forget sets), its worst, and the largest |excess| over twins; a twin whose
-    attack finished is not rebuilt (nothing here could build one); model seed 0 is refused."""
-    def row(attack, name, role, unlearned, excess):
-        return {"attack": attack, "set": name, "role": role, "gap_recovered": None, "resistance": None,
-                "unlearned": unlearned, "excess_recovery": excess}
+    """experiments/lab/noise.py: each twin's clean accuracy (its build's scores, the domain sets),
+    its excess per attack (the attacker's best row per set, mean over forget sets), its worst,
+    and median [min, max] over twins; a twin whose attack finished is not rebuilt (nothing here
+    could build one); a twin built from another lab config and model seed 0 are refused."""
+    def row(attack, name, excess):
+        return {"attack": attack, "set": name, "role": "forget", "gap_recovered": None, "resistance": None,
+                "excess_recovery": excess}
 
+    cache = tmp_path / "cache"
+    recipe = {"seed": 0, "world": {"forget_entities": 52}}
+    lab = {"alchemy": {"acc": 0.25}, "stars": {"acc": 0.35}, "alchemy_B": {"acc": 0.9}, "towns": {"acc": 0.9},
+           "musicians": {"acc": 1.0}}
+    for folder in (cache / "lab" / "default", *(tmp_path / "oracles" / f"m{s}" for s in (1, 2))):
+        folder.mkdir(parents=True)
+        (folder / "build.json").write_text(json.dumps({"recipe": {**recipe, "model_seed": folder.name[1:] or None}}))
+        (folder / "lab.json").write_text(json.dumps({"scores": {"lab_filtered": lab}}))
     for seed, (e1, e2) in {1: (0.02, 0.12), 2: (-0.08, 0.04)}.items():
         folder = tmp_path / "oracles" / f"m{seed}-attack"
         folder.mkdir(parents=True)
-        summary = [row("heldout_relearn", "alchemy_B", "forget", 0.3, e1), row("heldout_relearn", "stars_B", "forget", 0.2, e2),
-                   row("probe", "alchemy", "forget", 0.3, 0.5), row("probe", "alchemy", "forget", 0.3, 0.01),
-                   row("probe", "towns", "retain", 0.9, None)]
+        summary = [row("heldout_relearn", "alchemy_B", e1), row("heldout_relearn", "stars_B", e2),
+                   row("probe", "alchemy", 0.5 * seed), row("probe", "alchemy", 0.01)]
         (folder / "results.json").write_text(json.dumps({"attacks": {}, "seconds": {"total": 1.0}, "summary": summary}))
-    script = ROOT / "experiments" / "lab" / "noise.py"
-    out = tmp_path / "noise.md"
-    proc = subprocess.run([sys.executable, str(script), "--work", str(tmp_path), "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT)
+    script, out = ROOT / "experiments" / "lab" / "noise.py", tmp_path / "noise.md"
+    env = {**os.environ, "RMU_CACHE": str(cache)}
+    noise = lambda *a: subprocess.run([sys.executable, str(script), "--work", str(tmp_path), "--out", str(out), *a],  # noqa: E731
+                                      capture_output=True, text=True, cwd=ROOT, env=env)
+    proc = noise()
     assert proc.returncode == 0, proc.stderr
     table = out.read_text()
-    assert "| m1 | 0.267 | 0.900 | +0.50 | n/a | n/a | n/a | n/a | +0.07 | n/a | +0.50 |" in table
-    assert "| m2 | 0.267 | 0.900 | +0.50 | n/a | n/a | n/a | n/a | -0.02 | n/a | +0.50 |" in table
-    assert "heldout_relearn 0.07" in table and "worst 0.50" in table
-    proc = subprocess.run([sys.executable, str(script), "--work", str(tmp_path), "--out", str(out),
-                           "--model-seeds", "0", "1"], capture_output=True, text=True, cwd=ROOT)
+    assert "| twin m1 | 0.300 | 0.950 | +0.07 | +0.50 | +0.50 |" in table
+    assert "| twin m2 | 0.300 | 0.950 | -0.02 | +1.00 | +1.00 |" in table
+    assert "| twins: median [min, max] | | | +0.02 [-0.02, +0.07] | +0.75 [+0.50, +1.00] | +0.75 [+0.50, +1.00] |" in table
+    assert "| oracle (model_seed 0) | 0.300 | 0.950 |" in table
+    proc = noise("--model-seeds", "0", "1")
     assert proc.returncode != 0 and "0 is the oracle itself" in proc.stderr
+    (tmp_path / "oracles" / "m2" / "build.json").write_text(json.dumps({"recipe": {**recipe, "seed": 1}}))
+    proc = noise()
+    assert proc.returncode != 0 and "built from another lab config" in proc.stderr

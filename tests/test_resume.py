@@ -41,7 +41,12 @@ def test_a_state_saved_on_another_number_of_processes_is_refused(tmp_path):
     w = torch.nn.Parameter(torch.ones(3))
     updater = SimpleNamespace(optimizer=torch.optim.AdamW([w]), masters=None, scale=None, good_steps=0)
     Resume(cfg, processes=2).save(4, [w], updater, rows=[])
-    with pytest.raises(ResumeError, match=r"run on 2 process\(es\), this run has 1.*resume on 2"):
+    with pytest.raises(ResumeError, match=r"run on 2 process\(es\), this run has 1.*resume on 2 \(accelerate launch"):
         Resume(cfg, processes=1).load()
     assert Resume(cfg, processes=2).load()["step"] == 4
-    assert (tmp_path / ".run.resume" / "state.json").exists()  # refused, not deleted
+    manifest = tmp_path / ".run.resume" / "state.json"
+    assert manifest.exists()  # refused, not deleted
+    older = json.loads(manifest.read_text())
+    del older["processes"]  # a state saved before the count was kept: not known, resumed
+    manifest.write_text(json.dumps(older))
+    assert Resume(cfg, processes=1).load()["step"] == 4

@@ -47,7 +47,7 @@ MODELS = {"lab_base": "pretrain_all.jsonl", "lab_filtered": "pretrain_filtered.j
 def recipe(cfg: DictConfig) -> dict:
     """The part of the config that determines what is built."""
     spec = OmegaConf.to_container(cfg, resolve=True)
-    if spec.get("model_seed") is None:  # unset: the fingerprint of a build from before the key existed
+    if spec.get("model_seed") in (None, spec["seed"]):  # the default models: the fingerprint from before the key
         spec.pop("model_seed", None)
     return {k: v for k, v in spec.items() if k not in _NOT_BUILT_FROM}
 

@@ -13,11 +13,12 @@ or $TMPDIR, where the same command looks too):
   loss scale), the robust stages' values and the RNG states: tensors, numbers and
   strings only, read back with `torch.load(weights_only=True)`, so a state file can
   never run code;
-- `state.json`: the config's fingerprint, the number of processes, the step, the metrics so far, the evaluation
-  before training, and the tensors file's name and SHA-256. Replacing it is the commit:
-  a kill at any moment leaves the previous complete state.
+- `state.json`: the config's fingerprint, the number of processes, the step, the metrics
+  so far, the evaluation before training, and the tensors file's name and SHA-256.
+  Replacing it is the commit: a kill at any moment leaves the previous complete state.
 
-The state is checked (fingerprint, checksum, format) before any weights load. A run
+The state is checked (fingerprint, number of processes, checksum, format) before any
+weights load. A run
 started with the same config and output_dir resumes from it; with the default
 timestamped output_dir it resumes the newest interrupted run of the same config beside
 it (`find_interrupted`). The folder is deleted once the output folder is written.
@@ -219,8 +220,9 @@ class Resume:
         if saved != self.processes:
             raise ResumeError(f"{self.folder} holds the state of a run on {saved} process(es), this run has "
                               f"{self.processes}: each process takes trainer.batch_size texts a step, so the "
-                              f"steps left would train on another batch; resume on {saved}, or delete it to "
-                              f"start over")
+                              f"steps left would train on another batch; resume on {saved} (accelerate launch "
+                              f"--num_processes {saved}), set output_dir to start a new run beside it, or delete "
+                              f"it to start over")
         if not tensors.is_file() or _sha256(tensors) != state.get("sha256"):
             raise ResumeError(f"{tensors} is missing or damaged (its checksum does not match state.json); "
                               f"{start_over}")
