@@ -13,8 +13,9 @@ the twins' spread cannot be told from the oracle with these question sets.
 Each twin is built under <work>/oracles/m<s>/ (both lab models, ~10 min on one core) and
 attacked into <work>/oracles/m<s>-attack/ (~7 min), with the base model's and the oracle's
 attack results shared with make lab-robust (<work>/controls). Finished builds and attacks are
-not redone. (Each build pretrains a second lab_base too, unused here: half of its time.) The ablations project out the twin's shift from lab_base at the layers RMU edits
-in the lab (conf/experiment/lab_rmu.yaml), as they do for the recipes.
+not redone; each build pretrains a second lab_base too, unused here (half of its time). The
+ablations project out the twin's shift from lab_base at the layers RMU edits in the lab
+(conf/experiment/lab_rmu.yaml), as they do for the recipes.
 """
 
 from __future__ import annotations
