@@ -52,7 +52,7 @@ lab-tamper: lab  ## TAR, RMU and distillation against in- and out-of-distributio
 	$(PY) experiments/robust/compare.py --config experiments/lab/tamper.yaml --out experiments/lab/tamper --command "make lab-tamper"
 	$(PY) experiments/robust/compare.py --config experiments/lab/tamper_qi.yaml --out experiments/lab/tamper/qi --command "make lab-tamper"
 
-lab-noise: lab  ## the data-filtered twin pretrained again (model seeds 1, 2) and attacked like a recipe: how far two oracles differ, experiments/lab/noise.md
+lab-noise: lab  ## the data-filtered twin pretrained again (model seeds 1-4) and attacked like a recipe: how far two oracles differ, experiments/lab/noise.md
 	$(PY) experiments/lab/noise.py
 
 clean:  ## remove .venv and outputs

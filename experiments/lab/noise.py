@@ -7,11 +7,11 @@ were an unlearned model, and scores it against the lab's oracle like any recipe.
 saw the forget data, so its excess recovery is chance alone: a recipe whose excess is inside
 the twins' spread cannot be told from the oracle with these question sets.
 
-    python experiments/lab/noise.py                        # model seeds 1, 2 -> experiments/lab/noise.md
-    python experiments/lab/noise.py --model-seeds 1 2 3
+    python experiments/lab/noise.py                        # model seeds 1-4 -> experiments/lab/noise.md
+    python experiments/lab/noise.py --model-seeds 1 2 3 4 5 6
 
-Each twin is built under <work>/oracles/m<s>/ (both lab models, ~10 min on one core) and
-attacked into <work>/oracles/m<s>-attack/ (~7 min), with the base model's and the oracle's
+Each twin is built under <work>/oracles/m<s>/ (both lab models, ~6 min with a core to itself)
+and attacked into <work>/oracles/m<s>-attack/ (~2.5 min), with the base model's and the oracle's
 attack results shared with make lab-robust (<work>/controls). Finished builds and attacks are
 not redone; each build pretrains a second lab_base too, unused here (half of its time). The
 ablations project out the twin's shift from lab_base at the layers RMU edits in the lab
@@ -115,7 +115,7 @@ def noise_md(twins: list[dict], oracle: dict) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-seeds", type=int, nargs="+", default=[1, 2], help="the twins' model_seed (0 is the oracle)")
+    p.add_argument("--model-seeds", type=int, nargs="+", default=[1, 2, 3, 4], help="the twins' model_seed (0 is the oracle)")
     p.add_argument("--work", type=Path, default=HERE / "runs", help="where the twins and their attacks go")
     p.add_argument("--layers", type=int, nargs="+", default=[0, 1, 2], help="the ablations' layers (lab_rmu's edits)")
     p.add_argument("--out", type=Path, default=HERE / "noise.md")
