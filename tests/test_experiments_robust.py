@@ -264,7 +264,8 @@ def test_lab_noise_tables_the_finished_twins_without_redoing_them(tmp_path):
         (folder / "results.json").write_text(json.dumps({"attacks": {}, "seconds": {"total": 1.0}, "summary": summary}))
     script, out = ROOT / "experiments" / "lab" / "noise.py", tmp_path / "noise.md"
     env = {**os.environ, "RMU_CACHE": str(cache)}
-    noise = lambda *a: subprocess.run([sys.executable, str(script), "--work", str(tmp_path), "--out", str(out), *a],  # noqa: E731
+    noise = lambda *a: subprocess.run([sys.executable, str(script), "--work", str(tmp_path), "--out", str(out),  # noqa: E731
+                                       "--model-seeds", "1", "2", *a],
                                       capture_output=True, text=True, cwd=ROOT, env=env)
     proc = noise()
     assert proc.returncode == 0, proc.stderr
