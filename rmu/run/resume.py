@@ -18,10 +18,9 @@ or $TMPDIR, where the same command looks too):
   Replacing it is the commit: a kill at any moment leaves the previous complete state.
 
 The state is checked (fingerprint, number of processes, checksum, format) before any
-weights load. A run
-started with the same config and output_dir resumes from it; with the default
-timestamped output_dir it resumes the newest interrupted run of the same config beside
-it (`find_interrupted`). The folder is deleted once the output folder is written.
+weights load. A run started with the same config and output_dir resumes from it; with the
+default timestamped output_dir it resumes the newest interrupted run of the same config
+beside it (`find_interrupted`). The folder is deleted once the output folder is written.
 """
 
 from __future__ import annotations
