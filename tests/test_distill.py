@@ -191,10 +191,15 @@ def test_two_processes_plain_and_fsdp_end_where_one_process_does(teacher, tmp_pa
         assert abs(a["kl"] - b["kl"]) <= 1e-4 * a["kl"]  # measured 1.1e-5 apart at the last step
 
     env = {**ENV, **accelerate_env(ROOT / "experiments" / "accelerate" / "fsdp.yaml")}
-    two = subprocess.run([*torchrun, *distill_args(teacher, *common), f"output_dir={tmp_path / 'fsdp'}"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=600)
+    loads = tmp_path / "loads"
+    loads.mkdir()
+    counted = [*torchrun[:-2], str(ROOT / "tests" / "count_loads.py"), "rmu.distill"]
+    two = subprocess.run([*counted, *distill_args(teacher, *common), f"output_dir={tmp_path / 'fsdp'}"], cwd=ROOT,
+                         env={**env, "LOADS_DIR": str(loads)}, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "FSDP: both models sharded" in two.stdout and two.stdout.count("rmu: wrote") == 1
+    # rank 0 alone read the teacher's weights (and damaged the student's copy); rank 1 got its shards
+    assert sorted(f.name for f in loads.iterdir()) == ["rank0-1"]
     assert_same_weights(tmp_path / "one", tmp_path / "fsdp", 1e-4)
     assert load_file(tmp_path / "one" / "model.safetensors").keys() == load_file(tmp_path / "fsdp" / "model.safetensors").keys()
     ref, ours = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "fsdp"))

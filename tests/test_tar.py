@@ -157,10 +157,15 @@ def test_two_processes_plain_and_fsdp_end_where_one_process_with_twice_the_batch
     assert run.returncode != 0 and f"the trained state is kept in {kept}" in run.stderr, run.stderr[-3000:]
     for name, env, says in (("two", ENV, "2 processes"), ("fsdp", {**ENV, **fsdp_env, **cache}, "resuming at step 3")):
         out = tmp_path / name if name == "two" else disk / name
-        run = subprocess.run([*torchrun, *tar_args(start, f"output_dir={out}", *extra)], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=600)
+        loads = tmp_path / f"{name}-loads"
+        loads.mkdir()
+        command = [*torchrun[:-2], str(ROOT / "tests" / "count_loads.py"), "rmu.tar"]
+        run = subprocess.run([*command, *tar_args(start, f"output_dir={out}", *extra)], cwd=ROOT,
+                             env={**env, "LOADS_DIR": str(loads)}, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
         assert says in run.stdout and run.stdout.count("rmu: wrote") == 1
+        # each rank reads the start's weights in plain data parallel; under FSDP rank 0 alone does
+        assert sorted(f.name for f in loads.iterdir()) == (["rank0-1", "rank1-1"] if name == "two" else ["rank0-1"])
         if name == "fsdp":
             (tmp_path / name).symlink_to(out)
         # Every parameter trains under two AdamWs (the adversary's and the outer one), whose m/√v turns a

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig
 
 from rmu.config.checks import fail
@@ -30,9 +31,9 @@ from rmu.evaluation.results import RunResults
 from rmu.harden.noise import damage
 from rmu.harden.output import scores_on_ranks, write_hardened
 from rmu.harden.plan import DistillPlan, plan_distill
-from rmu.models.loading import configure_tokenizer, load_model
+from rmu.models.loading import configure_tokenizer, load_model, load_tokenizer
 from rmu.run.distributed import Ranks
-from rmu.run.fsdp import full_state_dict, local_parameter_mib, shard_whole
+from rmu.run.fsdp import full_state_dict, local_parameter_mib, shard_from_main
 from rmu.run.progress import Progress
 from rmu.run.resume import Preemption, Resume
 from rmu.run.tracking import Tracker
@@ -111,18 +112,25 @@ def setup(cfg: DictConfig) -> Distill:
 
 def build(cfg: DictConfig, plan: DistillPlan, ranks: Ranks) -> Distill:
     """The frozen teacher, the damaged student, the optimizer and the packed rows. Under FSDP
-    both models are built whole in CPU memory on every rank (the same seed damages them alike),
-    then every parameter of both is sharded over the ranks (rmu/run/fsdp.py `shard_whole`)."""
-    where = torch.device("cpu") if ranks.fsdp else ranks.device if ranks.size > 1 else None
-    teacher, tokenizer = load_model(cfg.model, cfg.seed, device=where)
+    rank 0 alone loads the teacher and damages its copy in CPU memory; every parameter of both
+    is sharded over the ranks, each rank receiving its shards from rank 0 (rmu/run/fsdp.py
+    `shard_from_main`)."""
+    d = cfg.distill
+    if ranks.fsdp:
+        teacher, tokenizer = load_model(cfg.model, cfg.seed, device=torch.device("cpu")) if ranks.main else (None, None)
+        student = copy.deepcopy(teacher) if ranks.main else None
+        damaged = [damage(student, d.alpha, d.beta, cfg.seed) if ranks.main else None]
+        dist.broadcast_object_list(damaged, src=0)  # the counts, for every rank's record
+        damaged = damaged[0]
+        tokenizer = tokenizer or load_tokenizer(cfg.model)
+        teacher, student = (shard_from_main(m, cfg.model, tokenizer, ranks) for m in (teacher, student))
+    else:
+        teacher, tokenizer = load_model(cfg.model, cfg.seed, device=ranks.device if ranks.size > 1 else None)
+        student = copy.deepcopy(teacher)
+        damaged = damage(student, d.alpha, d.beta, cfg.seed)
     tokenizer = configure_tokenizer(tokenizer, cfg.model, cfg.data)
     teacher.requires_grad_(False).eval()
-    d = cfg.distill
-    student = copy.deepcopy(teacher).train()
-    damaged = damage(student, d.alpha, d.beta, cfg.seed)
-    if ranks.fsdp:
-        for model in (teacher, student):
-            shard_whole(model, ranks)  # and onto this rank's device
+    student.train()
     device = ranks.device if ranks.fsdp else next(teacher.parameters()).device
     teacher_ce = retain_ce(teacher, tokenizer, plan.heldout, plan.retain[0].max_length, device)
     updated = [p.requires_grad_(True) for p in student.parameters()]

@@ -45,9 +45,9 @@ from rmu.errors import TrainingError
 from rmu.evaluation.results import RunResults
 from rmu.harden.output import scores_on_ranks, write_hardened
 from rmu.harden.plan import TarPlan, plan_tar
-from rmu.models.loading import configure_tokenizer, load_model
+from rmu.models.loading import configure_tokenizer, load_model, load_tokenizer
 from rmu.run.distributed import Ranks
-from rmu.run.fsdp import full_state_dict, local_parameter_mib, shard_whole
+from rmu.run.fsdp import full_state_dict, local_parameter_mib, shard_from_main
 from rmu.run.progress import Progress
 from rmu.run.resume import Preemption, Resume
 from rmu.run.tracking import Tracker
@@ -261,16 +261,20 @@ def setup(cfg: DictConfig) -> Tar:
 
 
 def build(cfg: DictConfig, plan: TarPlan, ranks: Ranks) -> Tar:
-    """The model, its frozen starting copy and the outer AdamW. Under FSDP both are built whole
-    in CPU memory on every rank, then every parameter of both is sharded (as rmu.distill's)."""
-    where = torch.device("cpu") if ranks.fsdp else ranks.device if ranks.size > 1 else None
-    model, tokenizer = load_model(cfg.model, cfg.seed, device=where)
-    tokenizer = configure_tokenizer(tokenizer, cfg.model, cfg.data)
-    start = copy.deepcopy(model).requires_grad_(False).eval()
-    model.eval()  # no dropout: the adversary's and the retain passes see the same function
+    """The model, its frozen starting copy and the outer AdamW. Under FSDP rank 0 alone loads
+    the model; every parameter of both is sharded over the ranks, each rank receiving its
+    shards from rank 0 (as rmu.distill's: rmu/run/fsdp.py `shard_from_main`)."""
     if ranks.fsdp:
-        for m in (model, start):
-            shard_whole(m, ranks)  # and onto this rank's device
+        source, tokenizer = load_model(cfg.model, cfg.seed, device=torch.device("cpu")) if ranks.main else (None, None)
+        tokenizer = tokenizer or load_tokenizer(cfg.model)
+        model, start = (shard_from_main(source, cfg.model, tokenizer, ranks) for _ in range(2))
+        del source
+    else:
+        model, tokenizer = load_model(cfg.model, cfg.seed, device=ranks.device if ranks.size > 1 else None)
+        start = copy.deepcopy(model)
+    tokenizer = configure_tokenizer(tokenizer, cfg.model, cfg.data)
+    start.requires_grad_(False).eval()
+    model.eval()  # no dropout: the adversary's and the retain passes see the same function
     device = ranks.device if ranks.fsdp else next(model.parameters()).device
     updated = [p.requires_grad_(True) for p in model.parameters()]
     c = cfg.tar

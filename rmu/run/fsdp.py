@@ -52,7 +52,17 @@ def load_sharded(ranks, mcfg, seed: int, keep: range):
             module.to_empty(device=ranks.device, recurse=False)
     model.tie_weights()  # to_empty gave tied embeddings separate storage; make them one again
 
-    # Buffers too: rotary inverse frequencies are not in the state dict but are computed in __init__.
+    fill_from_main(model, source, ranks)
+    del source
+    return model.train(), tokenizer, len(sharded)
+
+
+def fill_from_main(model, source, ranks) -> None:
+    """Every parameter and buffer of `model` (on this rank, whole or sharded) set from rank 0's
+    whole `source` (None on the other ranks), broadcast tensor by tensor so no rank but 0 ever
+    holds the whole model; each rank keeps its shard of a sharded tensor. Buffers too: rotary
+    inverse frequencies are not in the state dict but are computed in __init__, which an empty
+    model skipped."""
     own = list(model.named_parameters()) + list(model.named_buffers())
     full = dict(source.named_parameters(remove_duplicate=False)) | dict(source.named_buffers()) if ranks.main else {}
     with torch.no_grad():
@@ -66,13 +76,31 @@ def load_sharded(ranks, mcfg, seed: int, keep: range):
                 tensor.to_local().copy_(shard.to_local())
             else:
                 tensor.copy_(whole)
-    del source, full
-    return model.train(), tokenizer, len(sharded)
+
+
+def shard_from_main(source, mcfg, tokenizer, ranks):
+    """A copy of rank 0's whole model `source` (None on the other ranks) with every parameter
+    sharded over the ranks (`shard_whole`), as rmu.distill and rmu.tar hold their two models.
+    It is built empty (meta device) and sharded before any storage exists, then filled from
+    rank 0: a node holds one CPU copy of each model, not one per process."""
+    model = empty_model(mcfg, tokenizer)
+    shard_whole(model, ranks)
+    # Storage for this rank's shards (on the CPU when offloading) and, on its device, the buffers.
+    model.to_empty(device=torch.device("cpu") if ranks.offload_params else ranks.device)
+    for module in model.modules():
+        for key, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[key] = buffer.to(ranks.device)
+    # to_empty gave the head a tensor of its own; tie it back to the embeddings' sharded one,
+    # the parameter FSDP holds for both (its state dict names it once, as from_pretrained's)
+    model.tie_weights()
+    fill_from_main(model, source, ranks)
+    return model
 
 
 def shard_whole(model, ranks) -> None:
-    """FSDP over every parameter of `model` (already whole on each rank, as rmu.distill and rmu.tar build
-    its teacher and student): each decoder layer one unit, the embeddings, final norm and head
+    """FSDP over every parameter of `model` (on the meta device, as `shard_from_main` builds it,
+    or whole on this rank): each decoder layer one unit, the embeddings, final norm and head
     the root's. Gradients are summed over the ranks, not averaged: each rank's loss is already
     its share of the global batch's mean (as plain data parallel sums them, rmu/run/distributed.py)."""
     mesh = init_device_mesh(ranks.device.type, (ranks.size,))
