@@ -45,8 +45,9 @@ robust: install  ## train the recipes of experiments/robust/recipes.yaml over se
 lab: install  ## build the lab: an invented world + two tiny Llamas pretrained on it, with and without its forget domains (~10 min)
 	$(PY) -m rmu.lab
 
-lab-robust: lab  ## the make robust recipes on lab_base over seeds, every lab attack scored against lab_filtered: experiments/lab/results.md
+lab-robust: lab  ## the make robust recipes on lab_base over seeds, every lab attack scored against lab_filtered: experiments/lab/results.md; cross-domain relearning: lab/cross/
 	$(PY) experiments/robust/compare.py --config experiments/lab/recipes.yaml --out experiments/lab --command "make lab-robust"
+	$(PY) experiments/robust/compare.py --config experiments/lab/cross.yaml --out experiments/lab/cross --command "make lab-robust"
 
 lab-tamper: lab  ## TAR, RMU and distillation against in- and out-of-distribution fine-tuning at 10/100/1000 steps (and Qi et al.'s batch 64): experiments/lab/tamper/results.md, tamper/qi/
 	$(PY) experiments/robust/compare.py --config experiments/lab/tamper.yaml --out experiments/lab/tamper --command "make lab-tamper"

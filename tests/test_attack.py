@@ -296,6 +296,7 @@ def test_split_attacks_are_scored_against_the_oracle(tmp_path):
     speed = results["attacks"]["relearn_speed"]["chem_B"]
     assert set(speed["oracle"]["curve"]) == {"1", "2", "3"} and "oracle_plateau" in speed
     assert "the oracle" in rows[0]["detail"] and "steps" in rows[0]["detail"]
+    assert "trained on the documents of A.jsonl" in rows[0]["detail"]  # what it fine-tuned on, not the scored set
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| excess_recovery |" in summary and "oracle (data-filtered twin)" in summary
 

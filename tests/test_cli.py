@@ -93,8 +93,8 @@ def test_attack_data_is_checked_before_any_model_loads(tmp_path):
 
 @pytest.mark.parametrize("command,listed,absent", [
     ("rmu.train", ["rmu: default", "adapter: lora, none", "debug: tiny", "hydra/launcher: slurm"], ["attack:"]),
-    ("rmu.attack", ["attack: ablate, ablate_unlearned, all, finetune, heldout_relearn, in_context, lab, lab_tamper, probe, "
-                    "relearn_speed, tamper", "model: "],
+    ("rmu.attack", ["attack: ablate, ablate_unlearned, all, finetune, heldout_relearn, in_context, lab, lab_cross, lab_tamper, "
+                    "probe, relearn_speed, tamper", "model: "],
      ["rmu: ", "adapter:"]),
     ("rmu.eval", ["model: ", "harness: default", "eval: bundled, lab, none, wmdp"], ["attack:", "rmu: ", "hydra/launcher"]),
 ])

@@ -137,13 +137,19 @@ def test_every_attack_option_composes_and_validates(option, tmp_path):
                    config_name="attack")
     check_attack(cfg)
     every = ["probe", "finetune", "ablate", "ablate_unlearned", "in_context", "heldout_relearn"]
-    expected = {"all": every, "lab": every + ["relearn_speed"], "lab_tamper": ["tamper"]}.get(option, [option])
+    expected = {"all": every, "lab": every + ["relearn_speed"], "lab_tamper": ["tamper"],
+                "lab_cross": ["heldout_relearn"]}.get(option, [option])
     assert list(cfg.attack.run) == expected
     if option.startswith("lab"):  # scored against the data-filtered twin, on the lab's world
         assert cfg.oracle.name == "lab-filtered" and cfg.data.forget[0].name == "alchemy"
     if option == "lab_tamper":  # the lab's adversaries replace the default's, group by group
         assert [a.lr for a in cfg.attack.tamper.groups.in_dist] == [1e-4, 1e-3, 2e-3, 1e-3]
         assert list(cfg.attack.tamper.groups) == ["in_dist", "out_dist", "qi"]
+    if option == "lab_cross":  # each split trains on one forget domain and scores the other's half B
+        domains = [(Path(s.train).stem.split("_")[1], Path(s.test).stem.split("_")[1]) for s in cfg.attack.heldout_relearn.splits]
+        assert domains == [("stars", "alchemy"), ("alchemy", "stars")]
+        assert all(Path(s.train).stem.endswith("_A") and Path(s.test).stem.endswith("_B")
+                   for s in cfg.attack.heldout_relearn.splits)
 
 
 def test_relearn_speed_without_splits_is_refused(tmp_path):

@@ -23,6 +23,7 @@ import sys
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import hydra
 import torch
@@ -354,10 +355,11 @@ def run_heldout_splits(h, t: Target):
         out[s.name] = {**curves, "steps": h.steps, "oracle_plateau": at}
         oracle = curves["oracle"]
         rows += t.rows("heldout_relearn", curves["unlearned"]["curve"][last], curves["base"]["curve"][last],
-                       f"trained on {s.name}'s documents, {h.steps} steps; {plateau}", sets=scored[:1],
+                       f"trained on the documents of {Path(s.train).name}, {h.steps} steps; {plateau}", sets=scored[:1],
                        base=curves["base"]["clean"], unlearned=curves["unlearned"]["clean"],
                        oracle_attacked=oracle and oracle["curve"][last], oracle=oracle and oracle["clean"])
-        print(f"heldout_relearn {s.name}: {h.steps} steps on its documents; held-out accuracy unlearned "
+        print(f"heldout_relearn {s.name}: {h.steps} steps on the documents of {Path(s.train).name}; held-out "
+              f"accuracy unlearned "
               f"{curves['unlearned']['clean'][s.name]['acc']:.3f} → {curves['unlearned']['curve'][last][s.name]['acc']:.3f}"
               f"; {plateau}")
     return out, rows
