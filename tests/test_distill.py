@@ -4,6 +4,7 @@ bad input refused before loading, resume after SIGTERM and two processes (plain,
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,12 @@ def test_two_processes_plain_and_fsdp_end_where_one_process_does(teacher, tmp_pa
     resumes from its (gathered) state to the weights of an uninterrupted one."""
     from tests.test_fsdp import accelerate_env
 
+    # a teacher whose generation config is its own (as a Hub model's eos list and sampling defaults):
+    # every run's student keeps it, also under FSDP, where rank 0 writes a model built from config.json
+    shutil.copytree(teacher, tmp_path / "teacher")
+    teacher = tmp_path / "teacher"
+    generation = json.loads((teacher / "generation_config.json").read_text())
+    (teacher / "generation_config.json").write_text(json.dumps({**generation, "do_sample": True, "temperature": 0.6}))
     common = ["distill.retain_ce_gap=null", "distill.max_tokens=768"]
     one = run_cli("rmu.distill", *distill_args(teacher, *common, batch=4), f"output_dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr[-3000:]
@@ -200,6 +207,8 @@ def test_two_processes_plain_and_fsdp_end_where_one_process_does(teacher, tmp_pa
     assert "FSDP: both models sharded" in two.stdout and two.stdout.count("rmu: wrote") == 1
     # rank 0 alone read the teacher's weights (and damaged the student's copy); rank 1 got its shards
     assert sorted(f.name for f in loads.iterdir()) == ["rank0-1"]
+    for name in ("one", "fsdp"):
+        assert json.loads((tmp_path / name / "generation_config.json").read_text())["temperature"] == 0.6
     assert_same_weights(tmp_path / "one", tmp_path / "fsdp", 1e-4)
     assert load_file(tmp_path / "one" / "model.safetensors").keys() == load_file(tmp_path / "fsdp" / "model.safetensors").keys()
     ref, ours = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "fsdp"))

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig
 
 from rmu.config.checks import fail
@@ -112,18 +111,18 @@ def setup(cfg: DictConfig) -> Distill:
 
 def build(cfg: DictConfig, plan: DistillPlan, ranks: Ranks) -> Distill:
     """The frozen teacher, the damaged student, the optimizer and the packed rows. Under FSDP
-    rank 0 alone loads the teacher and damages its copy in CPU memory; every parameter of both
-    is sharded over the ranks, each rank receiving its shards from rank 0 (rmu/run/fsdp.py
-    `shard_from_main`)."""
+    rank 0 alone loads the teacher, in CPU memory; every rank builds both models sharded and
+    empty and receives its shards from that one copy, damaged in place between the two fills
+    (rmu/run/fsdp.py `shard_from_main`)."""
     d = cfg.distill
     if ranks.fsdp:
-        teacher, tokenizer = load_model(cfg.model, cfg.seed, device=torch.device("cpu")) if ranks.main else (None, None)
-        student = copy.deepcopy(teacher) if ranks.main else None
-        damaged = [damage(student, d.alpha, d.beta, cfg.seed) if ranks.main else None]
-        dist.broadcast_object_list(damaged, src=0)  # the counts, for every rank's record
-        damaged = damaged[0]
+        source, tokenizer = ranks.on_main(lambda: load_model(cfg.model, cfg.seed, device=torch.device("cpu"))) \
+            or (None, None)
         tokenizer = tokenizer or load_tokenizer(cfg.model)
-        teacher, student = (shard_from_main(m, cfg.model, tokenizer, ranks) for m in (teacher, student))
+        teacher = shard_from_main(source, cfg.model, tokenizer, ranks)
+        damaged = ranks.same(ranks.on_main(lambda: damage(source, d.alpha, d.beta, cfg.seed)))
+        student = shard_from_main(source, cfg.model, tokenizer, ranks)
+        del source
     else:
         teacher, tokenizer = load_model(cfg.model, cfg.seed, device=ranks.device if ranks.size > 1 else None)
         student = copy.deepcopy(teacher)

@@ -262,10 +262,11 @@ def setup(cfg: DictConfig) -> Tar:
 
 def build(cfg: DictConfig, plan: TarPlan, ranks: Ranks) -> Tar:
     """The model, its frozen starting copy and the outer AdamW. Under FSDP rank 0 alone loads
-    the model; every parameter of both is sharded over the ranks, each rank receiving its
-    shards from rank 0 (as rmu.distill's: rmu/run/fsdp.py `shard_from_main`)."""
+    the model, in CPU memory; every rank builds both sharded and empty and receives its shards
+    from that one copy (as rmu.distill's: rmu/run/fsdp.py `shard_from_main`)."""
     if ranks.fsdp:
-        source, tokenizer = load_model(cfg.model, cfg.seed, device=torch.device("cpu")) if ranks.main else (None, None)
+        source, tokenizer = ranks.on_main(lambda: load_model(cfg.model, cfg.seed, device=torch.device("cpu"))) \
+            or (None, None)
         tokenizer = tokenizer or load_tokenizer(cfg.model)
         model, start = (shard_from_main(source, cfg.model, tokenizer, ranks) for _ in range(2))
         del source

@@ -13,6 +13,8 @@ gather of the full weights for the checkpoint.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -20,6 +22,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from rmu.errors import TrainingError
 from rmu.models.hooks import decoder_layers
 from rmu.models.loading import empty_model, load_model, load_tokenizer
 
@@ -33,7 +36,7 @@ def load_sharded(ranks, mcfg, seed: int, keep: range):
     sharded while still empty, storage for each rank's part is allocated, and rank 0
     broadcasts the weights tensor by tensor; each rank keeps its shard of the sharded ones.
     """
-    source, tokenizer = load_model(mcfg, seed, device=torch.device("cpu")) if ranks.main else (None, None)
+    source, tokenizer = ranks.on_main(lambda: load_model(mcfg, seed, device=torch.device("cpu"))) or (None, None)
     tokenizer = tokenizer or load_tokenizer(mcfg)
     model = empty_model(mcfg, tokenizer)
 
@@ -46,6 +49,7 @@ def load_sharded(ranks, mcfg, seed: int, keep: range):
     # to_empty keeps its bookkeeping) and everything outside the sharded layers whole.
     for layer in sharded:
         layer.to_empty(device=torch.device("cpu") if ranks.offload_params else ranks.device)
+        buffers_to(layer, ranks.device)
     inside = {id(m) for layer in sharded for m in layer.modules()}
     for module in model.modules():
         if id(module) not in inside:
@@ -53,8 +57,19 @@ def load_sharded(ranks, mcfg, seed: int, keep: range):
     model.tie_weights()  # to_empty gave tied embeddings separate storage; make them one again
 
     fill_from_main(model, source, ranks)
+    if ranks.main:  # from_config made it from config.json; the checkpoint's own file (eos list, sampling) is written
+        model.generation_config = source.generation_config
     del source
     return model.train(), tokenizer, len(sharded)
+
+
+def buffers_to(module, device) -> None:
+    """Every buffer under `module` onto `device` (after a to_empty on the CPU for offloaded
+    shards: the forward needs its buffers where it computes)."""
+    for m in module.modules():
+        for key, buffer in m._buffers.items():
+            if buffer is not None:
+                m._buffers[key] = buffer.to(device)
 
 
 def fill_from_main(model, source, ranks) -> None:
@@ -65,6 +80,14 @@ def fill_from_main(model, source, ranks) -> None:
     model skipped."""
     own = list(model.named_parameters()) + list(model.named_buffers())
     full = dict(source.named_parameters(remove_duplicate=False)) | dict(source.named_buffers()) if ranks.main else {}
+    # Every rank checks rank 0's names, shapes and dtypes against its own empty model first: a
+    # mismatch (a checkpoint loaded untied, a module kept in float32) is an error on every rank,
+    # not a broadcast of the wrong size or a rank waiting for one that stopped.
+    theirs = ranks.same({k: (tuple(v.shape), str(v.dtype)) for k, v in full.items()} if ranks.main else None)
+    for name, tensor in own:
+        if theirs.get(name) != (tuple(tensor.size()), str(tensor.dtype)):
+            raise TrainingError(f"rank 0's model and the model built empty for FSDP differ at {name}: "
+                                f"{theirs.get(name, 'absent')} against {(tuple(tensor.size()), str(tensor.dtype))}")
     with torch.no_grad():
         for name, tensor in own:
             # size(): the whole tensor's shape, also for a shard
@@ -81,20 +104,17 @@ def fill_from_main(model, source, ranks) -> None:
 def shard_from_main(source, mcfg, tokenizer, ranks):
     """A copy of rank 0's whole model `source` (None on the other ranks) with every parameter
     sharded over the ranks (`shard_whole`), as rmu.distill and rmu.tar hold their two models.
-    It is built empty (meta device) and sharded before any storage exists, then filled from
-    rank 0: a node holds one CPU copy of each model, not one per process."""
+    Every rank, rank 0 included, builds it empty (meta device) and shards it before any storage
+    exists, then fills it from `source`: only rank 0 ever holds a whole copy."""
     model = empty_model(mcfg, tokenizer)
     shard_whole(model, ranks)
     # Storage for this rank's shards (on the CPU when offloading) and, on its device, the buffers.
     model.to_empty(device=torch.device("cpu") if ranks.offload_params else ranks.device)
-    for module in model.modules():
-        for key, buffer in module._buffers.items():
-            if buffer is not None:
-                module._buffers[key] = buffer.to(ranks.device)
-    # to_empty gave the head a tensor of its own; tie it back to the embeddings' sharded one,
-    # the parameter FSDP holds for both (its state dict names it once, as from_pretrained's)
-    model.tie_weights()
+    buffers_to(model, ranks.device)
+    model.tie_weights()  # FSDP swaps the sharded tensors in place, so this keeps the tie as it is; no-op
     fill_from_main(model, source, ranks)
+    if ranks.main:  # as in load_sharded
+        model.generation_config = copy.deepcopy(source.generation_config)
     return model
 
 
