@@ -79,6 +79,16 @@ def test_compare_two_recipes_resumes_after_a_kill(tmp_path):
     assert "`plain`, then `python -m rmu.distill" in md
     assert (out / "robust.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # A hardened run that resumed has seconds for its own steps only: no training time from it
+    record = out / "runs" / "undo" / "seed0" / "results.json"
+    record.write_text(json.dumps({**distilled, "distill": {**distilled["distill"], "resumed_at": 1}}))
+    third = compare(config, out)
+    log, _ = third.communicate(timeout=300)
+    assert third.returncode == 0, log[-3000:]
+    md = (out / "results.md").read_text()
+    undo = next(line for line in md.splitlines() if line.startswith("| undo |"))
+    assert undo.split(" | ")[3] == "n/a" and "Training time of `undo`: the median over the seeds that ran in one" in md
+
 
 @pytest.mark.slow
 def test_tune_picks_the_last_setting_that_unlearns_before_general_falls_below_the_floor(tmp_path):

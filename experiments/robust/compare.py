@@ -180,6 +180,9 @@ def collect(cfg: dict, work: Path) -> dict:
             # A hardened recipe's training is its teacher's RMU run and the hardening.
             train_s = run.seconds["train"] + (RunResults.read(work / spec["teacher"] / f"seed{s}").seconds["train"]
                                               if isinstance(spec, dict) else 0.0)
+            hardened = run.distill or run.tar or {}
+            if hardened.get("resumed_at"):  # its seconds cover the resuming process's steps only
+                train_s = None
             attack = read_attack(work / recipe / f"seed{s}-{cfg['attack_name']}")
             names = list(dict.fromkeys(r["attack"] for r in attack["summary"]))  # tamper: a column per group@steps
             retain = [e["base"]["acc"] for e in run.eval.values() if e["role"] == "retain"]
@@ -240,7 +243,8 @@ def median(values) -> float | None:
 def results_md(cfg: dict, data: dict, command: str = COMMAND) -> str:
     recipes = list(data)
     attacks = list(data[recipes[0]][0]["gap"])
-    ref_train = statistics.median(s["train_s"] for s in data[recipes[0]])
+    ref_train = median(s["train_s"] for s in data[recipes[0]])
+    resumed = []
     minutes = sum(s["seconds"] for seeds in data.values() for s in seeds) / 60
     n = len(cfg["seeds"])
     fewer = any(len(seeds) < n for seeds in data.values())
@@ -256,10 +260,16 @@ def results_md(cfg: dict, data: dict, command: str = COMMAND) -> str:
         seeds = data[recipe]
         general, base_general = median(s["general"] for s in seeds), seeds[0]["base_general"]
         share = f" ({100 * general / base_general:.0f}%)" if general is not None and base_general else ""
-        cost = statistics.median(s["train_s"] for s in seeds) / ref_train
+        times = [s["train_s"] for s in seeds if s["train_s"] is not None]
+        cost = statistics.median(times) / ref_train if times and ref_train else None
+        if len(times) < len(seeds):
+            resumed.append(recipe)
         cells = [spread([s["gap"][a] for s in seeds]) for a in attacks]
-        lines.append(f"| {named(recipe, seeds, n)} | {fmt(median(s['forget'] for s in seeds))} | {fmt(general)}{share} | {cost:.2f} | "
+        lines.append(f"| {named(recipe, seeds, n)} | {fmt(median(s['forget'] for s in seeds))} | {fmt(general)}{share} | {fmt(cost, '{:.2f}')} | "
                      + " | ".join(cells) + f" | {spread([worst(s) for s in seeds])} |")
+    if resumed:
+        lines += ["", f"Training time of {', '.join(f'`{r}`' for r in resumed)}: the median over the seeds that ran in "
+                      "one process (a resumed run's seconds cover only the steps it ran itself)."]
     lines += ["", "Resistance: attacked accuracy of the unlearned model minus that of the base model under the "
                   "same attack (forget sets, median over seeds [min, max]); below 0, the attack does not bring "
                   "the unlearned model as far as it brings the base model.", "",

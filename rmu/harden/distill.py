@@ -256,7 +256,9 @@ def distill_results(d: Distill, rows: list[dict], before: tuple, after: tuple, s
         "batch_rows": plan.global_rows, "forget_rows": plan.forget_rows, "hidden_mse": c.hidden_mse,
         "teacher_retain_ce": d.teacher_ce, "student_retain_ce": ces[-1]["retain_ce"] if ces else None,
         "teacher_eval": teacher_scores,
-        # seconds["train"] is this process's: a resumed run counts the steps it ran itself
+        # seconds["train"] is this process's, from step resumed_at on (0: every step); the
+        # throughput counts the steps it ran itself
+        "resumed_at": d.resumed_at,
         "tokens_per_s": (round((len(rows) - d.resumed_at) * plan.global_rows * c.seq_len / seconds["train"])
                          if seconds["train"] else None)}
     return results

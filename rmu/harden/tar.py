@@ -70,6 +70,7 @@ class Tar:
     mapping: torch.Tensor | None  # (vocabulary, hidden) fixed random vectors of the initial safeguard
     tracker: Tracker
     robust: None = None
+    resumed_at: int = 0  # the step this process started at (> 0 when it resumed a state)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -300,6 +301,7 @@ def fit(t: Tar, before: tuple, folder=None, preemption: Preemption | None = None
     if folder is not None and folder.state is not None:
         Resume.restore(folder.state, t.updated, t.updater)
         rows, start = folder.state["rows"], folder.state["step"]
+        t.resumed_at = start
         t.ranks.print(f"rmu: resuming at step {start} from {folder.resume.folder}")
     show = lambda r: {"phase": r["phase"], "retain": f"{r['retain_loss']:.4g}"}  # noqa: E731
     progress = Progress(t.cfg.trainer.progress and t.ranks.main, start, plan.steps, name="tar", show=show)
@@ -349,6 +351,8 @@ def tar_results(t: Tar, rows: list[dict], before: tuple, after: tuple, seconds: 
         "safeguard_steps": c.safeguard_steps, "outer_steps": c.outer_steps, "inner_steps": c.inner_steps,
         "tr_every": c.tr_every, "adversary": OmegaConf.to_container(c.adversary, resolve=True),
         "passes_per_outer_step": plan.passes_per_step,
+        # seconds["train"] is this process's; the per-step mean below covers every process's steps
+        "resumed_at": t.resumed_at,
         "seconds_per_outer_step": round(sum(r["seconds"] for r in outer) / len(outer), 3) if outer else None}
     return results
 
