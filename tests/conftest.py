@@ -161,4 +161,6 @@ def sigterm_then_resume(tmp_path: Path, overrides: list[str], module: str = "rmu
     rows = [json.loads(line) for line in open(out / metrics)]
     assert [r["step"] for r in rows] == list(range(steps))
     assert not state.parent.exists()  # the resume state is removed once the run is written
+    # results.json says where the last process took over: its seconds["train"] covers the steps from there
+    assert [json.loads((f / "results.json").read_text())["resumed_at"] for f in (straight, out)] == [0, stopped_at]
     return Resumed(straight, out, stopped_at, again)

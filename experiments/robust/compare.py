@@ -180,8 +180,8 @@ def collect(cfg: dict, work: Path) -> dict:
             # A hardened recipe's training is its teacher's RMU run and the hardening.
             train_s = run.seconds["train"] + (RunResults.read(work / spec["teacher"] / f"seed{s}").seconds["train"]
                                               if isinstance(spec, dict) else 0.0)
-            hardened = run.distill or run.tar or {}
-            if hardened.get("resumed_at"):  # its seconds cover the resuming process's steps only
+            teacher = RunResults.read(work / spec["teacher"] / f"seed{s}") if isinstance(spec, dict) else None
+            if run.resumed_at or (teacher and teacher.resumed_at):  # seconds for the resuming process's steps only
                 train_s = None
             attack = read_attack(work / recipe / f"seed{s}-{cfg['attack_name']}")
             names = list(dict.fromkeys(r["attack"] for r in attack["summary"]))  # tamper: a column per group@steps
@@ -269,7 +269,7 @@ def results_md(cfg: dict, data: dict, command: str = COMMAND) -> str:
                      + " | ".join(cells) + f" | {spread([worst(s) for s in seeds])} |")
     if resumed:
         lines += ["", f"Training time of {', '.join(f'`{r}`' for r in resumed)}: the median over the seeds that ran in "
-                      "one process (a resumed run's seconds cover only the steps it ran itself)."]
+                      "one process, n/a where none did (a resumed run's seconds cover only the steps it ran itself)."]
     lines += ["", "Resistance: attacked accuracy of the unlearned model minus that of the base model under the "
                   "same attack (forget sets, median over seeds [min, max]); below 0, the attack does not bring "
                   "the unlearned model as far as it brings the base model.", "",

@@ -43,7 +43,7 @@ RESULTS = {  # required: what every run writes and the readers use; optional: wh
     "checkpoint_parameters": optional(list_of(str)), "processes": optional(int), "fsdp": optional(bool),
     "rank0_parameter_mib": optional(NUMBER),
     "eval": optional(map_of({"role": ("one of", "forget", "retain"), "base": SCORES, "unlearned": SCORES})),
-    "seconds": {"train": NUMBER}, "optimizer": optional(str), "numerics": optional(str), "robust": optional(map_of(ANY)),
+    "seconds": {"train": NUMBER}, "resumed_at": optional(int), "optimizer": optional(str), "numerics": optional(str), "robust": optional(map_of(ANY)),
     "distill": optional(map_of(ANY)), "tar": optional(map_of(ANY)),
     "harness": optional({"setup": map_of(ANY), "base": optional(TASK_METRICS), "unlearned": TASK_METRICS}),
 }
@@ -151,6 +151,7 @@ class RunResults:
     rank0_parameter_mib: float | None = None  # parameter memory on rank 0 (its shards only, under FSDP)
     eval: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # load, eval_before, train, eval_after, save, total
+    resumed_at: int = 0  # the step this run's last process started at: seconds["train"] covers the steps from there
     harness: dict | None = None
     optimizer: str | None = None  # optim.name (runs written before this field lack it)
     numerics: str | None = None  # rmu.numerics: float32 losses and controls, or the reference's dtype

@@ -242,6 +242,7 @@ def distill_results(d: Distill, rows: list[dict], before: tuple, after: tuple, s
     teacher_scores, student_scores = before[0], after[0]
     results = copy.deepcopy(plan.teacher_results)
     results.output_dir, results.seconds, results.harness = str(cfg.output_dir), seconds, None
+    results.resumed_at = d.resumed_at  # this run's, not the teacher's
     results.processes, results.fsdp = d.ranks.size, d.ranks.fsdp
     results.rank0_parameter_mib = round(local_parameter_mib(d.model), 3)
     results.eval = {name: {"role": role, "base": plan.teacher_results.eval[name]["base"], "unlearned": student_scores[name]}
@@ -256,9 +257,8 @@ def distill_results(d: Distill, rows: list[dict], before: tuple, after: tuple, s
         "batch_rows": plan.global_rows, "forget_rows": plan.forget_rows, "hidden_mse": c.hidden_mse,
         "teacher_retain_ce": d.teacher_ce, "student_retain_ce": ces[-1]["retain_ce"] if ces else None,
         "teacher_eval": teacher_scores,
-        # seconds["train"] is this process's, from step resumed_at on (0: every step); the
-        # throughput counts the steps it ran itself
-        "resumed_at": d.resumed_at,
+        # seconds["train"] is this process's (resumed_at says from which step): the throughput
+        # counts the steps it ran itself
         "tokens_per_s": (round((len(rows) - d.resumed_at) * plan.global_rows * c.seq_len / seconds["train"])
                          if seconds["train"] else None)}
     return results

@@ -341,6 +341,7 @@ def tar_results(t: Tar, rows: list[dict], before: tuple, after: tuple, seconds: 
     cfg, plan, c = t.cfg, t.plan, t.cfg.tar
     results = copy.deepcopy(plan.teacher_results)
     results.output_dir, results.seconds, results.harness = str(cfg.output_dir), seconds, None
+    results.resumed_at = t.resumed_at  # this run's, not the start's
     results.processes, results.fsdp = t.ranks.size, t.ranks.fsdp
     results.rank0_parameter_mib = round(local_parameter_mib(t.model), 3)
     results.eval = {name: {"role": role, "base": plan.teacher_results.eval[name]["base"], "unlearned": after[0][name]}
@@ -351,8 +352,7 @@ def tar_results(t: Tar, rows: list[dict], before: tuple, after: tuple, seconds: 
         "safeguard_steps": c.safeguard_steps, "outer_steps": c.outer_steps, "inner_steps": c.inner_steps,
         "tr_every": c.tr_every, "adversary": OmegaConf.to_container(c.adversary, resolve=True),
         "passes_per_outer_step": plan.passes_per_step,
-        # seconds["train"] is this process's; the per-step mean below covers every process's steps
-        "resumed_at": t.resumed_at,
+        # seconds["train"] is this process's (resumed_at); the per-step mean covers every process's steps
         "seconds_per_outer_step": round(sum(r["seconds"] for r in outer) / len(outer), 3) if outer else None}
     return results
 

@@ -70,6 +70,7 @@ class Run:
     # The step, chosen once: step(forget, retain, control, alpha, step_index) -> metrics.jsonl row.
     step: Callable[..., dict]
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this run in its output's marker
+    resumed_at: int = 0  # the step this process started at (> 0 when it resumed a state)
 
 
 def check(cfg: DictConfig) -> tuple[Plan, Ranks]:
@@ -176,13 +177,14 @@ def fit(run: Run, before: tuple, folder=None, preemption: Preemption | None = No
     (metrics.jsonl). With the run's `folder` (rmu/run/folder.py) it continues the state
     the folder holds, saves one every `trainer.save_every` steps, and on `preemption`
     (SIGTERM) saves and stops."""
-    cfg, plan, ranks, t = run.cfg, run.plan, run.ranks, run.cfg.trainer
+    plan, ranks, t = run.plan, run.ranks, run.cfg.trainer
     controls = run.controls.to(device=run.device, dtype=run.model.dtype)
     global_batch = t.batch_size * ranks.size
     rows, start = [], 0
     if folder is not None and folder.state is not None:
         Resume.restore(folder.state, run.updated, run.updater, run.robust)
         rows, start = folder.state["rows"], folder.state["step"]
+        run.resumed_at = start
         ranks.print(f"rmu: resuming at step {start} from {folder.resume.folder}")
     progress = Progress(t.progress and ranks.main, start, plan.steps)
     try:
@@ -270,7 +272,7 @@ def run_results(run: Run, before: tuple, after: tuple, seconds: dict) -> RunResu
         model=cfg.model.name, output_dir=str(cfg.output_dir), steps=plan.steps, processes=run.ranks.size,
         fsdp=run.ranks.fsdp, rank0_parameter_mib=round(local_parameter_mib(run.model), 3), topics=plan.topics,
         steering_coeff=run.coeffs, alpha=plan.alpha, layer_id=plan.layer_id, update_layers=plan.update_layers,
-        updated_parameters=plan.update_names, seconds=seconds,
+        updated_parameters=plan.update_names, seconds=seconds, resumed_at=run.resumed_at,
         checkpoint_parameters=(checkpoint_names(run.model, plan.update_names, plain(cfg.rmu.experts))
                                if run.peft_model is None else None),
         optimizer=cfg.optim.name, numerics=cfg.rmu.numerics,
