@@ -178,9 +178,8 @@ def collect(cfg: dict, work: Path) -> dict:
         for s in seeds_of(cfg, recipe):
             run = RunResults.read(work / recipe / f"seed{s}")
             # A hardened recipe's training is its teacher's RMU run and the hardening.
-            train_s = run.seconds["train"] + (RunResults.read(work / spec["teacher"] / f"seed{s}").seconds["train"]
-                                              if isinstance(spec, dict) else 0.0)
             teacher = RunResults.read(work / spec["teacher"] / f"seed{s}") if isinstance(spec, dict) else None
+            train_s = run.seconds["train"] + (teacher.seconds["train"] if teacher else 0.0)
             if run.resumed_at or (teacher and teacher.resumed_at):  # seconds for the resuming process's steps only
                 train_s = None
             attack = read_attack(work / recipe / f"seed{s}-{cfg['attack_name']}")
