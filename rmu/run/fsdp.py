@@ -111,7 +111,6 @@ def shard_from_main(source, mcfg, tokenizer, ranks):
     # Storage for this rank's shards (on the CPU when offloading) and, on its device, the buffers.
     model.to_empty(device=torch.device("cpu") if ranks.offload_params else ranks.device)
     buffers_to(model, ranks.device)
-    model.tie_weights()  # FSDP swaps the sharded tensors in place, so this keeps the tie as it is; no-op
     fill_from_main(model, source, ranks)
     if ranks.main:  # as in load_sharded
         model.generation_config = copy.deepcopy(source.generation_config)
